@@ -1,0 +1,1 @@
+"""Audit spec, runner, auditors, report schema, report store, policy gate and model cards."""

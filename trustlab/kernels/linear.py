@@ -1,0 +1,151 @@
+"""nn.Linear: per-sample squared norms (ghost or direct, chosen by cost) and clipped sums.
+
+Activations ``a`` are (B, T, p) and output gradients ``g`` (B, T, d); a 2-D input is T = 1.
+The per-sample weight gradient is ``G_i = g_i^T a_i`` (d, p), the bias gradient ``sum_t g_it``.
+
+* ghost norm: ``||G_i||^2 = <a_i a_i^T, g_i g_i^T>``, cost 2BT^2(p+d), memory BT^2;
+  for T = 1 it is ``||a_i||^2 ||g_i||^2``;
+* direct: form ``G_i`` (cost 2BTpd). Kept, the clipped sum is ``sum_i c_i G_i`` and the
+  batched weight GEMM is skipped; otherwise they are computed tile by tile (Triton, on chip)
+  or in batch chunks (torch), reduced to norms and dropped.
+
+The clipped weight sum is one GEMM on the rescaled output gradients: ``(c * g)^T a``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trustlab.kernels import triton_ops
+from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel, stack_sequences, use_triton
+
+GHOST, DIRECT, DIRECT_KEEP = "ghost", "direct", "direct_keep"
+_CHUNK_ELEMS = 1 << 24  # per-sample gradient elements per chunk on the non-kept direct path
+KEEP_LIMIT_ELEMS = 1 << 26  # at most this many kept per-sample gradient elements per layer
+
+
+def choose_mode(batch: int, seq: int, p: int, d: int) -> str:
+    """The cheaper per-sample norm method for a (B, T, p) -> (B, T, d) layer.
+
+    Ghost costs 2BT^2(p+d), direct 2BTpd: direct wins when pd <= T(p+d). Its per-sample
+    gradients are then no larger than the activations already held, and are kept (so the
+    batched weight GEMM is skipped) unless they exceed ``KEEP_LIMIT_ELEMS``.
+    """
+    if seq == 1 or p * d > seq * (p + d):
+        return GHOST
+    return DIRECT_KEEP if batch * p * d <= KEEP_LIMIT_ELEMS else DIRECT
+
+
+# --- torch reference path ----------------------------------------------------------------
+
+
+def ghost_sq_norms(a: Tensor, g: Tensor) -> Tensor:
+    """``||g_i^T a_i||_F^2`` for every sample without forming ``g_i^T a_i``."""
+    if a.shape[1] == 1:
+        return a.square().sum((1, 2)) * g.square().sum((1, 2))
+    return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+
+
+def per_sample_weight_grads(a: Tensor, g: Tensor) -> Tensor:
+    """(B, d, p) per-sample weight gradients ``g_i^T a_i``."""
+    return torch.bmm(g.transpose(1, 2), a)
+
+
+def direct_sq_norms(a: Tensor, g: Tensor) -> Tensor:
+    """``||g_i^T a_i||_F^2`` by materialising per-sample gradients a batch chunk at a time."""
+    per_sample = a.shape[2] * g.shape[2]
+    step = max(1, _CHUNK_ELEMS // max(per_sample, 1))
+    return torch.cat([per_sample_weight_grads(a[i:i + step], g[i:i + step]).square().sum((1, 2))
+                      for i in range(0, a.shape[0], step)]) if a.shape[0] else a.new_zeros(0)
+
+
+def weighted_weight_sum(a: Tensor, g: Tensor, weights: Tensor) -> Tensor:
+    """``sum_i w_i g_i^T a_i`` as one GEMM on rescaled output gradients."""
+    gw = g * weights[:, None, None]
+    return gw.reshape(-1, g.shape[2]).t() @ a.reshape(-1, a.shape[2])
+
+
+# --- dispatch ----------------------------------------------------------------------------
+
+
+def sq_norms(a: Tensor, g: Tensor, mode: str) -> tuple[Tensor, Tensor | None]:
+    """Per-sample squared weight-gradient norms by ``mode``; kept per-sample grads or None."""
+    if mode == DIRECT_KEEP:
+        grads = per_sample_weight_grads(a, g)
+        return grads.square().sum((1, 2)), grads
+    if use_triton(a):
+        kernel = triton_ops.ghost_sq_norms if mode == GHOST else triton_ops.direct_sq_norms
+        return kernel(a, g), None
+    return (ghost_sq_norms(a, g) if mode == GHOST else direct_sq_norms(a, g)), None
+
+
+def weight_sum(a: Tensor, g: Tensor, kept: Tensor | None, weights: Tensor) -> Tensor:
+    """The clipped weight sum: ``sum_i w_i G_i`` from kept grads, else one GEMM."""
+    if kept is not None:
+        if use_triton(kept):
+            return triton_ops.scale_accumulate(kept.flatten(1), weights).view(kept.shape[1:])
+        return torch.einsum("b,bdp->dp", weights, kept)
+    return weighted_weight_sum(a, g, weights)
+
+
+class _LinearTap(torch.autograd.Function):
+    """F.linear whose backward returns only the input gradient and records (a, g)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, sink: Sink) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.sink = sink
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None, None]:
+        x, weight = ctx.saved_tensors
+        ctx.sink(Record(x, g))
+        grad_x = g @ weight.to(g.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None
+
+
+def linear_records(records: list[Record]) -> tuple[Tensor, Tensor]:
+    """All calls of the layer as one (B, T, p), (B, T, d) pair."""
+    return stack_sequences([(r.a, r.g) for r in records])
+
+
+@register_kernel
+class LinearKernel(LayerKernel):
+    module_type = nn.Linear
+
+    def capture(self, layer: nn.Linear, sink: Sink, x: Tensor) -> Tensor:
+        return _LinearTap.apply(x, layer.weight, layer.bias, sink)
+
+    def sq_norms(self, layer: nn.Linear, records: list[Record]) -> tuple[Tensor, Any]:
+        a, g = linear_records(records)
+        total = torch.zeros(g.shape[0], dtype=torch.float32, device=g.device)
+        kept = None
+        if layer.weight.requires_grad:
+            mode = choose_mode(g.shape[0], g.shape[1], a.shape[2], g.shape[2])
+            norms, kept = sq_norms(a, g, mode)
+            total += norms
+        if layer.bias is not None and layer.bias.requires_grad:
+            total += g.sum(1).square().sum(1)  # ||sum_t g_t||^2, not sum_t ||g_t||^2
+        return total, (a, g, kept)
+
+    def clipped_sum(self, layer: nn.Linear, records: list[Record], state: Any,
+                    weights: Tensor) -> dict[str, Tensor]:
+        a, g, kept = state
+        out: dict[str, Tensor] = {}
+        if layer.weight.requires_grad:
+            out["weight"] = weight_sum(a, g, kept, weights)
+        if layer.bias is not None and layer.bias.requires_grad:
+            out["bias"] = weights @ g.sum(1)
+        return out
+
+    def per_sample_grads(self, layer: nn.Linear, records: list[Record]) -> dict[str, Tensor]:
+        a, g = linear_records(records)
+        out = {"weight": per_sample_weight_grads(a, g)}
+        if layer.bias is not None:
+            out["bias"] = g.sum(1)
+        return {k: v for k, v in out.items() if getattr(layer, k).requires_grad}

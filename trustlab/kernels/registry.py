@@ -1,0 +1,108 @@
+"""Registry of per-layer kernels, keyed by module type (one module per layer family).
+
+A :class:`LayerKernel` knows, for one layer family, how to
+
+* run the layer's forward so that the backward pass computes only the *input* gradient and
+  hands the layer's activations and output gradient to a sink (book-keeping, Bu et al. 2023:
+  the batched weight gradient is not computed by autograd);
+* turn those records into per-sample squared gradient norms (ghost norm or direct, by cost);
+* turn them into the clipped sum ``sum_i w_i g_i`` of the per-sample gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+Sink = Callable[["Record"], None]
+
+
+@dataclass
+class Record:
+    """One call of a layer: its activations ``a`` (family-specific form) and output grad ``g``."""
+
+    a: Tensor
+    g: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.g.shape[0]
+
+
+class LayerKernel:
+    """Base class; subclasses register with :func:`register_kernel`."""
+
+    module_type: type[nn.Module]
+
+    def param_names(self, layer: nn.Module) -> list[str]:
+        """Names of the layer's trainable parameters this kernel produces gradients for."""
+        return [n for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
+
+    def capture(self, layer: nn.Module, sink: Sink, *args: Any, **kwargs: Any) -> Tensor:
+        """The layer's forward, with its backward reporting a :class:`Record` to ``sink``."""
+        raise NotImplementedError
+
+    def sq_norms(self, layer: nn.Module, records: list[Record]) -> tuple[Tensor, Any]:
+        """Per-sample squared norms over the layer's parameters, shape (B,), and a state
+        that :meth:`clipped_sum` may reuse (e.g. per-sample gradients already materialised)."""
+        raise NotImplementedError
+
+    def clipped_sum(self, layer: nn.Module, records: list[Record], state: Any,
+                    weights: Tensor) -> dict[str, Tensor]:
+        """``{param name: sum_i weights[i] * per-sample grad_i}``."""
+        raise NotImplementedError
+
+    def per_sample_grads(self, layer: nn.Module, records: list[Record]) -> dict[str, Tensor]:
+        """Materialised per-sample gradients ``{name: (B, *param.shape)}`` (shared params)."""
+        raise NotImplementedError
+
+
+_KERNELS: dict[type[nn.Module], LayerKernel] = {}
+
+
+def register_kernel(kernel_cls: type[LayerKernel]) -> type[LayerKernel]:
+    """Class decorator: register one instance of ``kernel_cls`` for its ``module_type``."""
+    _KERNELS[kernel_cls.module_type] = kernel_cls()
+    return kernel_cls
+
+
+def kernel_for(layer: nn.Module) -> LayerKernel | None:
+    """The kernel registered for ``type(layer)`` (exact type first, then base classes)."""
+    for cls in type(layer).__mro__:
+        if cls in _KERNELS:
+            return _KERNELS[cls]
+    return None
+
+
+def supported_types() -> list[type[nn.Module]]:
+    return list(_KERNELS)
+
+
+def use_triton(t: Tensor) -> bool:
+    """Triton kernels on CUDA tensors; the torch reference path elsewhere."""
+    return t.is_cuda and _triton_available()
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def stack_sequences(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Reshape each call's (a, g) to (B, T_k, ·) and concatenate along T: a layer used several
+    times per step (shared weights, an unrolled RNN cell) has per-sample gradient
+    ``sum_k g_k^T a_k``, which is the gradient of one call on the concatenated sequence."""
+    batch = {g.shape[0] for _, g in parts}
+    if len(batch) != 1:
+        raise ValueError(f"a layer saw different batch sizes {sorted(batch)} in one step; "
+                         "per-sample gradients need the batch in dim 0 (set batch_first=True)")
+    a = torch.cat([a.reshape(a.shape[0], -1, a.shape[-1]) for a, _ in parts], dim=1)
+    g = torch.cat([g.reshape(g.shape[0], -1, g.shape[-1]) for _, g in parts], dim=1)
+    return a, g
