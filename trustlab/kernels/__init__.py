@@ -1,1 +1,13 @@
-"""trustlab.kernels"""
+"""Fused per-sample-gradient kernels (Triton) and their pure-torch references.
+
+One module per layer family registers a :class:`LayerKernel` for its module types; the DP
+engine stays generic and looks kernels up with :func:`kernel_for`. Triton runs on CUDA tensors,
+the torch path elsewhere. Imports nothing of trustlab.
+"""
+
+from trustlab.kernels import conv, embedding, linear, norm  # noqa: F401  (registration)
+from trustlab.kernels.clip import clip_factors, noisy_write, scale_accumulate
+from trustlab.kernels.registry import LayerKernel, Record, kernel_for, register_kernel, supported_types
+
+__all__ = ["LayerKernel", "Record", "clip_factors", "kernel_for", "noisy_write",
+           "register_kernel", "scale_accumulate", "supported_types"]

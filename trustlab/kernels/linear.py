@@ -14,13 +14,15 @@ The clipped weight sum is one GEMM on the rescaled output gradients: ``(c * g)^T
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustlab.kernels import triton_ops
+from trustlab.kernels.clip import scale_accumulate
 from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel, stack_sequences, use_triton
 
 GHOST, DIRECT, DIRECT_KEEP = "ghost", "direct", "direct_keep"
@@ -69,6 +71,84 @@ def weighted_weight_sum(a: Tensor, g: Tensor, weights: Tensor) -> Tensor:
     return gw.reshape(-1, g.shape[2]).t() @ a.reshape(-1, a.shape[2])
 
 
+# --- Triton path (kernels defined on first use, so TRITON_INTERPRET set later still applies) -
+
+
+@functools.cache
+def _triton() -> SimpleNamespace:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def ghost(a_ptr, g_ptr, out_ptr, T, P, D, sa, sg,
+              BT: tl.constexpr, BK: tl.constexpr):
+        b = tl.program_id(0)
+        acc = tl.zeros((BT, BT), dtype=tl.float32)
+        for t0 in range(0, T, BT):
+            rt = t0 + tl.arange(0, BT)
+            for s0 in range(0, T, BT):
+                rs = s0 + tl.arange(0, BT)
+                aa = tl.zeros((BT, BT), dtype=tl.float32)
+                for k0 in range(0, P, BK):
+                    rk = k0 + tl.arange(0, BK)
+                    x = tl.load(a_ptr + b * sa + rt[:, None] * P + rk[None, :],
+                                mask=(rt[:, None] < T) & (rk[None, :] < P), other=0.0)
+                    y = tl.load(a_ptr + b * sa + rs[:, None] * P + rk[None, :],
+                                mask=(rs[:, None] < T) & (rk[None, :] < P), other=0.0)
+                    aa += tl.dot(x, tl.trans(y), input_precision="ieee")
+                gg = tl.zeros((BT, BT), dtype=tl.float32)
+                for k0 in range(0, D, BK):
+                    rk = k0 + tl.arange(0, BK)
+                    x = tl.load(g_ptr + b * sg + rt[:, None] * D + rk[None, :],
+                                mask=(rt[:, None] < T) & (rk[None, :] < D), other=0.0)
+                    y = tl.load(g_ptr + b * sg + rs[:, None] * D + rk[None, :],
+                                mask=(rs[:, None] < T) & (rk[None, :] < D), other=0.0)
+                    gg += tl.dot(x, tl.trans(y), input_precision="ieee")
+                acc += aa * gg
+        tl.store(out_ptr + b, tl.sum(tl.sum(acc, axis=1), axis=0))
+
+    @triton.jit
+    def direct(a_ptr, g_ptr, out_ptr, T, P, D, sa, sg,
+               BT: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
+        b = tl.program_id(0)
+        rd = tl.program_id(1) * BD + tl.arange(0, BD)
+        rp = tl.program_id(2) * BP + tl.arange(0, BP)
+        acc = tl.zeros((BD, BP), dtype=tl.float32)
+        for t0 in range(0, T, BT):  # the per-sample tile G_i[rd, rp] stays on chip
+            rt = t0 + tl.arange(0, BT)
+            gt = tl.load(g_ptr + b * sg + rt[:, None] * D + rd[None, :],
+                         mask=(rt[:, None] < T) & (rd[None, :] < D), other=0.0)
+            at = tl.load(a_ptr + b * sa + rt[:, None] * P + rp[None, :],
+                         mask=(rt[:, None] < T) & (rp[None, :] < P), other=0.0)
+            acc += tl.dot(tl.trans(gt), at, input_precision="ieee")
+        tl.atomic_add(out_ptr + b, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+
+    return SimpleNamespace(ghost=ghost, direct=direct)
+
+
+def triton_ghost_sq_norms(a: Tensor, g: Tensor) -> Tensor:
+    """Triton ghost norm: one program per sample, T x T tiles of a a^T and g g^T."""
+    a, g = a.float().contiguous(), g.float().contiguous()
+    out = torch.empty(a.shape[0], dtype=torch.float32, device=a.device)
+    if a.shape[0]:
+        _triton().ghost[(a.shape[0],)](a, g, out, a.shape[1], a.shape[2], g.shape[2],
+                                       a.stride(0), g.stride(0), BT=16, BK=32)
+    return out
+
+
+def triton_direct_sq_norms(a: Tensor, g: Tensor, block: int = 32) -> Tensor:
+    """Triton direct norm: per-sample gradient tiles accumulated over T on chip, never stored."""
+    import triton
+
+    a, g = a.float().contiguous(), g.float().contiguous()
+    out = torch.zeros(a.shape[0], dtype=torch.float32, device=a.device)
+    grid = (a.shape[0], triton.cdiv(g.shape[2], block), triton.cdiv(a.shape[2], block))
+    if a.shape[0]:
+        _triton().direct[grid](a, g, out, a.shape[1], a.shape[2], g.shape[2],
+                               a.stride(0), g.stride(0), BT=16, BD=block, BP=block)
+    return out
+
+
 # --- dispatch ----------------------------------------------------------------------------
 
 
@@ -78,7 +158,7 @@ def sq_norms(a: Tensor, g: Tensor, mode: str) -> tuple[Tensor, Tensor | None]:
         grads = per_sample_weight_grads(a, g)
         return grads.square().sum((1, 2)), grads
     if use_triton(a):
-        kernel = triton_ops.ghost_sq_norms if mode == GHOST else triton_ops.direct_sq_norms
+        kernel = triton_ghost_sq_norms if mode == GHOST else triton_direct_sq_norms
         return kernel(a, g), None
     return (ghost_sq_norms(a, g) if mode == GHOST else direct_sq_norms(a, g)), None
 
@@ -86,9 +166,7 @@ def sq_norms(a: Tensor, g: Tensor, mode: str) -> tuple[Tensor, Tensor | None]:
 def weight_sum(a: Tensor, g: Tensor, kept: Tensor | None, weights: Tensor) -> Tensor:
     """The clipped weight sum: ``sum_i w_i G_i`` from kept grads, else one GEMM."""
     if kept is not None:
-        if use_triton(kept):
-            return triton_ops.scale_accumulate(kept.flatten(1), weights).view(kept.shape[1:])
-        return torch.einsum("b,bdp->dp", weights, kept)
+        return scale_accumulate(kept.flatten(1), weights).view(kept.shape[1:])
     return weighted_weight_sum(a, g, weights)
 
 
@@ -123,7 +201,7 @@ class LinearKernel(LayerKernel):
 
     def sq_norms(self, layer: nn.Linear, records: list[Record]) -> tuple[Tensor, Any]:
         a, g = linear_records(records)
-        total = torch.zeros(g.shape[0], dtype=torch.float32, device=g.device)
+        total = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
         kept = None
         if layer.weight.requires_grad:
             mode = choose_mode(g.shape[0], g.shape[1], a.shape[2], g.shape[2])

@@ -1,1 +1,12 @@
-"""trustlab.privacy"""
+"""Differential privacy: the DP-SGD engine (``make_private``), accounting, DP-friendly layers.
+
+Privacy *audits* (membership inference metrics, empirical ε) live in ``trustlab.privacy.audit``.
+"""
+
+from trustlab.privacy.accounting import PrivacyFacts, calibrate_noise, compute_epsilon
+from trustlab.privacy.engine import DPOptimizer, make_private
+from trustlab.privacy.layers import DPGRU, DPLSTM, DPMultiheadAttention
+from trustlab.privacy.validators import fix, validate
+
+__all__ = ["DPGRU", "DPLSTM", "DPMultiheadAttention", "DPOptimizer", "PrivacyFacts",
+           "calibrate_noise", "compute_epsilon", "fix", "make_private", "validate"]

@@ -1,0 +1,177 @@
+"""The engine's clipped per-sample sums against torch.func references, layer by layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dp_reference import assert_close_sums, engine_clipped_sum, reference_clipped_sum
+from trustlab.privacy import DPGRU, DPLSTM, DPMultiheadAttention
+
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """float64 so that 1e-5 relative agreement tests the algebra, not rounding."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out, y)
+
+
+def check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=ce, clip: float = 1.0,
+          ) -> torch.Tensor:
+    model = model.double().eval()
+    want, norms = reference_clipped_sum(model, x, y, loss_fn, clip)
+    got, got_norms = engine_clipped_sum(model, x, y, loss_fn, clip)
+    assert_close_sums(got, want)
+    torch.testing.assert_close(got_norms, norms, rtol=1e-6, atol=1e-9)
+    return norms
+
+
+class SeqHead(nn.Module):
+    """body over (B, T, ·) then mean over T and a Linear head."""
+
+    def __init__(self, body: nn.Module, width: int, classes: int = 3) -> None:
+        super().__init__()
+        self.body, self.head = body, nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        out = out[0] if isinstance(out, tuple) else out
+        return self.head(out.mean(1))
+
+
+def test_mlp_with_inplace_relu_matches_reference():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(inplace=True), nn.LayerNorm(16),
+                          nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 3))
+    norms = check(model, torch.randn(12, 10), torch.randint(0, 3, (12,)), clip=1.8)
+    assert (norms > 1.8).any() and (norms < 1.8).any()  # both clipped and unclipped samples
+
+
+@pytest.mark.parametrize("seq", [1, 5, 300])
+def test_linear_on_sequences_matches_reference(seq):
+    torch.manual_seed(seq)
+    model = SeqHead(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5)), 5)
+    check(model, torch.randn(3, seq, 4), torch.randint(0, 3, (3,)))
+
+
+def test_ghost_and_direct_modes_agree():
+    from trustlab.kernels import linear
+
+    a, g = torch.randn(4, 7, 9), torch.randn(4, 7, 5)
+    direct = linear.per_sample_weight_grads(a, g).square().sum((1, 2))
+    torch.testing.assert_close(linear.ghost_sq_norms(a, g), direct)
+    torch.testing.assert_close(linear.direct_sq_norms(a, g), direct)
+    assert linear.choose_mode(512, 1, 100, 256) == linear.GHOST
+    assert linear.choose_mode(512, 64, 128, 128) == linear.DIRECT_KEEP
+    assert linear.choose_mode(512, 4, 512, 512) == linear.GHOST
+
+
+def test_bias_norm_of_sequences_is_norm_of_sum():
+    from trustlab.kernels import LayerKernel, Record, kernel_for
+
+    layer = nn.Linear(1, 2)
+    layer.weight.requires_grad_(False)
+    g = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]])  # sum_t g_t = 0, sum_t ||g_t||^2 = 2
+    kernel: LayerKernel = kernel_for(layer)
+    norms, _ = kernel.sq_norms(layer, [Record(torch.ones(1, 2, 1), g)])
+    assert norms.item() == 0.0
+
+
+def test_shared_weights_used_twice_and_tied_across_layers():
+    torch.manual_seed(1)
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(7, 4)
+            self.mid = nn.Linear(4, 4)
+            self.out = nn.Linear(4, 7, bias=False)
+            self.out.weight = self.embed.weight  # tied across module types
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            h = self.mid(torch.tanh(self.mid(self.embed(idx))))  # mid used twice
+            return self.out(h).mean(1)
+
+    check(Tied(), torch.randint(0, 7, (5, 6)), torch.randint(0, 7, (5,)))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(stride=2, padding=1),
+    dict(dilation=2, padding=2),
+    dict(groups=2, padding="same"),
+    dict(stride=(2, 1), padding=1, padding_mode="reflect"),
+])
+def test_conv2d_edge_cases(kwargs):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, **kwargs), nn.GroupNorm(2, 6), nn.ReLU(),
+                          nn.Conv2d(6, 4, 1), nn.Flatten(2), nn.Linear(4 * 0 + _width(kwargs), 3))
+    check(_pool_model(model), torch.randn(4, 4, 7, 7), torch.randint(0, 3, (4,)))
+
+
+def _width(kwargs: dict) -> int:
+    return nn.Conv2d(4, 6, 3, **kwargs)(torch.zeros(1, 4, 7, 7)).flatten(2).shape[-1]
+
+
+def _pool_model(model: nn.Sequential) -> nn.Module:
+    return nn.Sequential(model, _Mean())
+
+
+class _Mean(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)
+
+
+def test_conv1d_with_groups_and_stride():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv1d(4, 8, 3, stride=2, groups=4, padding=1), nn.ReLU(),
+                          nn.Conv1d(8, 3, 2, dilation=2), _Mean(), nn.Linear(3 * 0 + 4, 3))
+    check(model, torch.randn(5, 4, 12), torch.randint(0, 3, (5,)))
+
+
+def test_embedding_with_repeated_indices_and_padding_idx():
+    torch.manual_seed(4)
+    model = SeqHead(nn.Embedding(5, 6, padding_idx=0), 6)
+    idx = torch.tensor([[1, 1, 1, 2], [0, 0, 3, 3], [4, 2, 4, 0]])
+    check(model, idx, torch.randint(0, 3, (3,)))
+
+
+def test_dp_layers_match_reference():
+    torch.manual_seed(5)
+    model = SeqHead(DPLSTM(3, 5, num_layers=2, batch_first=True, bidirectional=True), 10)
+    check(model, torch.randn(4, 6, 3), torch.randint(0, 3, (4,)))
+    check(SeqHead(DPGRU(3, 5, batch_first=True), 5), torch.randn(4, 6, 3),
+          torch.randint(0, 3, (4,)))
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = DPMultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    check(SeqHead(Attn(), 8), torch.randn(4, 5, 8), torch.randint(0, 3, (4,)))
+
+
+def test_ignore_index_samples_contribute_nothing():
+    torch.manual_seed(6)
+    model = SeqHead(nn.Linear(4, 5), 5, classes=3)
+    x, y = torch.randn(6, 3, 4), torch.tensor([0, -100, 2, -100, 1, 1])
+
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, target, ignore_index=-100, reduction="sum")
+
+    model = model.double()
+    want, norms = reference_clipped_sum(model, x, y, loss, 1.0)
+    got, got_norms = engine_clipped_sum(model, x, y, loss, 1.0, loss_reduction="sum")
+    assert_close_sums(got, want)
+    assert got_norms[1] == 0 and got_norms[3] == 0

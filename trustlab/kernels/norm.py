@@ -1,0 +1,152 @@
+"""LayerNorm / GroupNorm affine parameters: per-sample ``sum_t g_t * xhat_t`` and ``sum_t g_t``.
+
+These per-sample gradients are (B, C): small, so they are always formed directly.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trustlab.kernels.clip import scale_accumulate
+from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel, use_triton
+
+
+class _LayerNormTap(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                shape: list[int], eps: float, sink: Sink) -> Tensor:
+        out, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.shape, ctx.sink = shape, sink
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple:
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        width = weight.numel() if weight is not None else bias.numel()
+        xhat = ((x - mean) * rstd).reshape(x.shape[0], -1, width)
+        ctx.sink(Record(xhat, g.reshape(g.shape[0], -1, width)))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.native_layer_norm_backward(
+                g, x, ctx.shape, mean, rstd, weight, bias, [True, False, False])[0]
+        return grad_x, None, None, None, None, None
+
+
+class _GroupNormTap(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int,
+                eps: float, sink: Sink) -> Tensor:
+        n, c = x.shape[:2]
+        out, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, x[0, 0].numel(),
+                                                  groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups, ctx.sink = groups, sink
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple:
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c = x.shape[:2]
+        xg = x.reshape(n, ctx.groups, -1)
+        xhat = ((xg - mean[..., None]) * rstd[..., None]).reshape(n, c, -1)
+        ctx.sink(Record(xhat.transpose(1, 2), g.reshape(n, c, -1).transpose(1, 2)))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.native_group_norm_backward(
+                g.contiguous(), x, mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups,
+                [True, False, False])[0]
+        return grad_x, None, None, None, None, None
+
+
+def affine_grads(xhat: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample (B, C) weight and bias gradients from (B, T, C) xhat and g."""
+    if use_triton(g):
+        return triton_affine_grads(xhat, g)
+    return (g * xhat).sum(1), g.sum(1)
+
+
+@functools.cache
+def _triton() -> SimpleNamespace:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def affine(x_ptr, g_ptr, w_ptr, b_ptr, T, C, sxb, sxt, sxc, sgb, sgt, sgc,
+               BT: tl.constexpr, BC: tl.constexpr):
+        b = tl.program_id(0)
+        rc = tl.program_id(1) * BC + tl.arange(0, BC)
+        wacc = tl.zeros((BC,), dtype=tl.float32)
+        bacc = tl.zeros((BC,), dtype=tl.float32)
+        for t0 in range(0, T, BT):
+            rt = t0 + tl.arange(0, BT)
+            m = (rt[:, None] < T) & (rc[None, :] < C)
+            x = tl.load(x_ptr + b * sxb + rt[:, None] * sxt + rc[None, :] * sxc, mask=m, other=0.0)
+            g = tl.load(g_ptr + b * sgb + rt[:, None] * sgt + rc[None, :] * sgc, mask=m, other=0.0)
+            wacc += tl.sum(g * x, axis=0)
+            bacc += tl.sum(g, axis=0)
+        tl.store(w_ptr + b * C + rc, wacc, mask=rc < C)
+        tl.store(b_ptr + b * C + rc, bacc, mask=rc < C)
+
+    return SimpleNamespace(affine=affine)
+
+
+def triton_affine_grads(xhat: Tensor, g: Tensor, block: int = 32) -> tuple[Tensor, Tensor]:
+    import triton
+
+    xhat, g = xhat.float(), g.float()
+    batch, seq, width = g.shape
+    wgrad = torch.empty(batch, width, dtype=torch.float32, device=g.device)
+    bgrad = torch.empty_like(wgrad)
+    if batch:
+        _triton().affine[(batch, triton.cdiv(width, block))](
+            xhat, g, wgrad, bgrad, seq, width, *xhat.stride(), *g.stride(), BT=16, BC=block)
+    return wgrad, bgrad
+
+
+class _AffineKernel(LayerKernel):
+    """Shared logic of the normalisation layers: per-sample grads are formed directly."""
+
+    def per_sample_grads(self, layer: nn.Module, records: list[Record]) -> dict[str, Tensor]:
+        xhat = torch.cat([r.a for r in records], dim=1)
+        g = torch.cat([r.g for r in records], dim=1)
+        wgrad, bgrad = affine_grads(xhat, g)
+        out = {}
+        if layer.weight is not None and layer.weight.requires_grad:
+            out["weight"] = wgrad.view(-1, *layer.weight.shape)
+        if layer.bias is not None and layer.bias.requires_grad:
+            out["bias"] = bgrad.view(-1, *layer.bias.shape)
+        return out
+
+    def sq_norms(self, layer: nn.Module, records: list[Record]) -> tuple[Tensor, Any]:
+        grads = self.per_sample_grads(layer, records)
+        norms = sum(v.flatten(1).square().sum(1) for v in grads.values())
+        return norms, grads
+
+    def clipped_sum(self, layer: nn.Module, records: list[Record], state: Any,
+                    weights: Tensor) -> dict[str, Tensor]:
+        return {k: scale_accumulate(v.flatten(1), weights).view(v.shape[1:])
+                for k, v in state.items()}
+
+
+@register_kernel
+class LayerNormKernel(_AffineKernel):
+    module_type = nn.LayerNorm
+
+    def capture(self, layer: nn.LayerNorm, sink: Sink, x: Tensor) -> Tensor:
+        return _LayerNormTap.apply(x, layer.weight, layer.bias, list(layer.normalized_shape),
+                                   layer.eps, sink)
+
+
+@register_kernel
+class GroupNormKernel(_AffineKernel):
+    module_type = nn.GroupNorm
+
+    def capture(self, layer: nn.GroupNorm, sink: Sink, x: Tensor) -> Tensor:
+        return _GroupNormTap.apply(x, layer.weight, layer.bias, layer.num_groups, layer.eps,
+                                   sink)

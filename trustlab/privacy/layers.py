@@ -1,0 +1,213 @@
+"""DP-friendly equivalents of layers whose parameters the per-sample kernels cannot reach.
+
+Each is built from ``nn.Linear`` layers (which the kernels cover, shared weights included) and
+computes the same function as the PyTorch layer it replaces; ``from_module`` copies the weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trustlab.errors import ConfigError
+
+
+class DPMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` with separate q/k/v/out ``nn.Linear`` projections."""
+
+    # Attributes nn.TransformerEncoderLayer inspects before its fused inference path: with
+    # ``_qkv_same_embed_dim`` False it falls back to calling this module's forward.
+    _qkv_same_embed_dim = False
+    in_proj_weight = None
+    in_proj_bias = None
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 kdim: int | None = None, vdim: int | None = None,
+                 batch_first: bool = False) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
+        self.head_dim = embed_dim // num_heads
+        self.batch_first = batch_first
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    @classmethod
+    def from_module(cls, mha: nn.MultiheadAttention) -> "DPMultiheadAttention":
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ConfigError("nn.MultiheadAttention with add_bias_kv or add_zero_attn has no "
+                              "DP equivalent; build it without them")
+        new = cls(mha.embed_dim, mha.num_heads, mha.dropout, mha.out_proj.bias is not None,
+                  mha.kdim, mha.vdim, mha.batch_first).to(mha.out_proj.weight)
+        with torch.no_grad():
+            if mha._qkv_same_embed_dim:
+                weights = mha.in_proj_weight.chunk(3)
+            else:
+                weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+            biases = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None,) * 3
+            for proj, w, b in zip((new.q_proj, new.k_proj, new.v_proj), weights, biases):
+                proj.weight.copy_(w)
+                if b is not None:
+                    proj.bias.copy_(b)
+            new.out_proj.load_state_dict(mha.out_proj.state_dict())
+        return new.train(mha.training)
+
+    def _mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool,
+              batch: int, tgt: int, src: int, like: Tensor) -> Tensor | None:
+        """One additive float mask (B, H, L, S) from PyTorch's mask conventions."""
+        def additive(m: Tensor) -> Tensor:
+            return torch.zeros_like(m, dtype=like.dtype).masked_fill(m, float("-inf")) \
+                if m.dtype == torch.bool else m.to(like.dtype)
+
+        if attn_mask is None and is_causal:
+            attn_mask = torch.ones(tgt, src, dtype=torch.bool, device=like.device).triu(1)
+        mask = None
+        if attn_mask is not None:
+            mask = additive(attn_mask)
+            mask = mask.view(batch, self.num_heads, tgt, src) if mask.dim() == 3 else mask
+        if key_padding_mask is not None:
+            kpm = additive(key_padding_mask).view(batch, 1, 1, src)
+            mask = kpm if mask is None else mask + kpm
+        return mask
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                key_padding_mask: Tensor | None = None, need_weights: bool = True,
+                attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        batch, tgt, _ = query.shape
+        src = key.shape[1]
+        q = self.q_proj(query).view(batch, tgt, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(key).view(batch, src, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(value).view(batch, src, self.num_heads, self.head_dim).transpose(1, 2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+        mask = self._mask(attn_mask, key_padding_mask, is_causal, batch, tgt, src, scores)
+        if mask is not None:
+            scores = scores + mask
+        attention = scores.softmax(-1)
+        mixed = F.dropout(attention, self.dropout, self.training) @ v
+        out = self.out_proj(mixed.transpose(1, 2).reshape(batch, tgt, self.embed_dim))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        return out, attention.mean(1) if average_attn_weights else attention
+
+
+class _Cell(nn.Module):
+    """The input and hidden projections of one layer and direction of a recurrent net."""
+
+    def __init__(self, input_size: int, hidden_size: int, gates: int, bias: bool) -> None:
+        super().__init__()
+        self.ih = nn.Linear(input_size, gates * hidden_size, bias=bias)
+        self.hh = nn.Linear(hidden_size, gates * hidden_size, bias=bias)
+
+
+class _DPRecurrent(nn.Module):
+    """An RNN unrolled over time from ``nn.Linear`` cells (like opacus's DPLSTM).
+
+    The input projection runs once over the whole sequence; the hidden projection once per
+    step (its per-sample gradient sums over steps, which the Linear kernel handles).
+    """
+
+    gates: int
+    mode: str
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.batch_first, self.dropout, self.bidirectional = batch_first, dropout, bidirectional
+        self.directions = 2 if bidirectional else 1
+        self.cells = nn.ModuleList(
+            _Cell(input_size if layer == 0 else hidden_size * self.directions, hidden_size,
+                  self.gates, bias)
+            for layer in range(num_layers) for _ in range(self.directions))
+
+    @classmethod
+    def from_module(cls, rnn: nn.RNNBase) -> "_DPRecurrent":
+        if getattr(rnn, "proj_size", 0):
+            raise ConfigError("nn.LSTM with proj_size has no DP equivalent; use proj_size=0")
+        new = cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, rnn.batch_first,
+                  rnn.dropout, rnn.bidirectional).to(rnn.weight_ih_l0)
+        with torch.no_grad():
+            for index, cell in enumerate(new.cells):
+                layer, direction = divmod(index, new.directions)
+                suffix = f"l{layer}" + ("_reverse" if direction else "")
+                cell.ih.weight.copy_(getattr(rnn, f"weight_ih_{suffix}"))
+                cell.hh.weight.copy_(getattr(rnn, f"weight_hh_{suffix}"))
+                if rnn.bias:
+                    cell.ih.bias.copy_(getattr(rnn, f"bias_ih_{suffix}"))
+                    cell.hh.bias.copy_(getattr(rnn, f"bias_hh_{suffix}"))
+        return new.train(rnn.training)
+
+    def _step(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None):
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            raise ConfigError(f"{type(self).__name__} takes padded tensors, not PackedSequence")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        batch, steps, _ = x.shape
+        shape = (self.num_layers * self.directions, batch, self.hidden_size)
+        if hx is None:
+            h0 = c0 = x.new_zeros(shape)
+        elif self.mode == "lstm":
+            h0, c0 = hx
+        else:
+            h0 = c0 = hx
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.directions):
+                index = layer * self.directions + direction
+                cell = self.cells[index]
+                gates_x = cell.ih(x)
+                h, c = h0[index], c0[index]
+                order = range(steps - 1, -1, -1) if direction else range(steps)
+                out = [None] * steps
+                for t in order:
+                    h, c = self._step(gates_x[:, t], cell, h, c)
+                    out[t] = h
+                outputs.append(torch.stack(out, 1))
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outputs, -1) if self.directions == 2 else outputs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout)
+        output = x if self.batch_first else x.transpose(0, 1)
+        h_n_t = torch.stack(h_n)
+        return output, ((h_n_t, torch.stack(c_n)) if self.mode == "lstm" else h_n_t)
+
+
+class DPLSTM(_DPRecurrent):
+    """``nn.LSTM`` (gate order i, f, g, o) from ``nn.Linear`` cells."""
+
+    gates, mode = 4, "lstm"
+
+    def _step(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        i, f, g, o = (gates_x + cell.hh(h)).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class DPGRU(_DPRecurrent):
+    """``nn.GRU`` (gate order r, z, n) from ``nn.Linear`` cells."""
+
+    gates, mode = 3, "gru"
+
+    def _step(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        xr, xz, xn = gates_x.chunk(3, -1)
+        hr, hz, hn = cell.hh(h).chunk(3, -1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        return h, h

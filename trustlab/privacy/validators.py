@@ -1,0 +1,87 @@
+"""Check a model before DP training: every trainable parameter must sit in a layer the kernels
+cover. Unsupported layers raise an error that names them and the fix; :func:`fix` swaps the
+fixable ones (recurrent nets, multi-head attention, BatchNorm) for DP-friendly equivalents."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from trustlab.errors import ConfigError
+from trustlab.kernels import kernel_for
+from trustlab.privacy.layers import DPGRU, DPLSTM, DPMultiheadAttention
+
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _batch_norm_fix(bn: nn.Module) -> nn.Module:
+    channels = bn.num_features
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+    norm = nn.GroupNorm(groups, channels, affine=bn.affine)
+    return norm.to(bn.weight) if bn.affine else norm
+
+
+# module type -> (why it is unsupported, the fix in words, the replacement or None)
+_FIXES: dict[type, tuple[str, str, Callable[[nn.Module], nn.Module] | None]] = {
+    nn.LSTM: ("its fused kernel keeps the weights out of reach of per-sample kernels",
+              "trustlab.privacy.fix(model) swaps in DPLSTM (same function, weights copied)",
+              DPLSTM.from_module),
+    nn.GRU: ("its fused kernel keeps the weights out of reach of per-sample kernels",
+             "trustlab.privacy.fix(model) swaps in DPGRU (same function, weights copied)",
+             DPGRU.from_module),
+    nn.RNN: ("its fused kernel keeps the weights out of reach of per-sample kernels",
+             "use nn.LSTM or nn.GRU and trustlab.privacy.fix(model)", None),
+    nn.MultiheadAttention: (
+        "its packed in_proj_weight is not a layer the kernels cover",
+        "trustlab.privacy.fix(model) swaps in DPMultiheadAttention (same function, weights "
+        "copied)", DPMultiheadAttention.from_module),
+}
+
+
+def _problem(layer: nn.Module) -> tuple[str, str] | None:
+    """(why, fix) when ``layer`` cannot be trained with per-sample clipping, else None."""
+    if isinstance(layer, _BATCH_NORMS):
+        return ("BatchNorm mixes the samples of a batch, so per-sample gradients do not exist",
+                "use GroupNorm or LayerNorm; trustlab.privacy.fix(model) swaps in GroupNorm "
+                "(retrain: it computes a different function)")
+    for cls, (why, how, _) in _FIXES.items():
+        if type(layer) is cls:
+            return why, how
+    if isinstance(layer, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer) \
+            and not layer.self_attn.batch_first:
+        return ("its Linear layers see (T, B, d) inputs, but per-sample gradients need the "
+                "batch first", "build it with batch_first=True")
+    if isinstance(layer, nn.Embedding) and (layer.max_norm is not None or layer.sparse
+                                            or layer.scale_grad_by_freq):
+        return ("max_norm, sparse and scale_grad_by_freq make a sample's gradient depend on "
+                "the batch or rewrite weights in place", "build the embedding without them")
+    own = [n for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
+    if own and kernel_for(layer) is None:
+        return (f"it holds trainable parameters {own} and trustlab has no per-sample-gradient "
+                "kernel for it", "build it from nn.Linear/Conv1d/Conv2d/Embedding/LayerNorm/"
+                "GroupNorm, freeze those parameters, or register a LayerKernel with "
+                "trustlab.kernels.register_kernel")
+    return None
+
+
+def validate(module: nn.Module) -> None:
+    """Raise :class:`ConfigError` listing every layer DP training cannot handle, with fixes."""
+    problems = [f"  - {name or '<root>'} ({type(layer).__name__}): {why}; fix: {how}"
+                for name, layer in module.named_modules()
+                if (found := _problem(layer)) for why, how in [found]]
+    if problems:
+        raise ConfigError("model is not ready for DP-SGD:\n" + "\n".join(problems))
+
+
+def fix(module: nn.Module) -> nn.Module:
+    """Replace fixable layers in place (and return the module); call before building the
+    optimizer, since the replacements are new parameters."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, _BATCH_NORMS):
+            setattr(module, name, _batch_norm_fix(child))
+        elif type(child) in _FIXES and _FIXES[type(child)][2] is not None:
+            setattr(module, name, _FIXES[type(child)][2](child))
+        else:
+            fix(child)
+    return module
