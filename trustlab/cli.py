@@ -51,6 +51,12 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from trustlab.dashboard.launch import launch
+
+    return launch(args.store, port=args.port, address=args.address)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trustlab.train.data import available_datasets
     from trustlab.train.zoo import available_archs
@@ -83,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--store", type=Path, default=Path("store"))
     runs.add_argument("--limit", type=int)
     runs.set_defaults(handler=_cmd_runs)
+
+    dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard on a store")
+    dashboard.add_argument("--store", type=Path, default=Path("store"),
+                           help="report store to show (default: the demo store ./store)")
+    dashboard.add_argument("--port", type=int, default=8501)
+    dashboard.add_argument("--address", default="localhost",
+                           help="interface to listen on (0.0.0.0 to share on the network)")
+    dashboard.set_defaults(handler=_cmd_dashboard)
     return parser
 
 
