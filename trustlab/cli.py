@@ -57,6 +57,71 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return launch(args.store, port=args.port, address=args.address)
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from trustlab.audit.cards import write_cards
+    from trustlab.audit.junit import write_junit
+    from trustlab.audit.pipeline import run_spec
+    from trustlab.audit.spec import load_spec
+    from trustlab.audit.store import ReportStore
+    from trustlab.audit.summary import markdown_summary, write_summary
+
+    spec = load_spec(args.spec)
+    store = ReportStore(args.store)
+    gate = run_spec(spec, store, tier=args.tier, baseline=args.baseline,
+                    backend="ray" if args.ray else "local", address=args.ray_address,
+                    on_auditor_error=args.on_auditor_error, show_progress=not args.no_progress)
+    if args.junit:
+        write_junit(gate, args.junit)
+    if args.summary:
+        write_summary(gate, args.summary)
+    write_cards(gate.report, store)
+    Console(stderr=True).print(markdown_summary(gate), markup=False, highlight=False)
+    print(gate.report.run_id)
+    return gate.exit_code
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from trustlab.audit.cards import render_card
+    from trustlab.audit.store import ReportStore
+    from trustlab.train.checkpoint import atomic_write_bytes
+
+    text = render_card(ReportStore(args.store).load(args.run_id), args.format)
+    if args.out:
+        atomic_write_bytes(args.out, text.encode())
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from trustlab.audit.store import ReportStore
+    from trustlab.audit.sweep import SweepSettings, run_sweep
+
+    settings = SweepSettings(arch=args.arch, dataset=args.dataset, epsilons=args.epsilons,
+                             epochs=args.epochs, seed=args.seed, tier=args.tier,
+                             auditors=args.auditors)
+    sweep = run_sweep(settings, ReportStore(args.store), out=args.out,
+                      backend="ray" if args.ray else "local", address=args.ray_address)
+    print(sweep.table())
+    return EXIT_OK
+
+
+def _epsilons(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--epsilons takes numbers separated by commas (inf "
+                                         f"for the non-private model), got {text!r}") from exc
+
+
+def _add_ray_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--ray", action="store_true",
+                         help="fan out over Ray (optional extra trustlab[ray])")
+    command.add_argument("--ray-address", help="Ray cluster address (default: a local instance)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trustlab.train.data import available_datasets
     from trustlab.train.zoo import available_archs
@@ -97,6 +162,46 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--address", default="localhost",
                            help="interface to listen on (0.0.0.0 to share on the network)")
     dashboard.set_defaults(handler=_cmd_dashboard)
+
+    audit = commands.add_parser("audit", help="run an audit spec and gate on its policy (CI)",
+                                description="Exit codes: 0 every rule passed, 1 a rule failed, "
+                                            "2 invalid spec/subject, a rule that cannot be "
+                                            "evaluated, or an errored auditor.")
+    audit.add_argument("spec", type=Path, help="audit spec (YAML)")
+    audit.add_argument("--store", type=Path, default=Path("store"))
+    audit.add_argument("--tier", choices=("smoke", "full"), help="default: the spec's tier")
+    audit.add_argument("--junit", type=Path, help="write JUnit XML here (one testcase per rule)")
+    audit.add_argument("--summary", type=Path, help="write a Markdown summary here")
+    audit.add_argument("--baseline", metavar="RUN_ID",
+                       help="run in the store that 'baseline' in rules refers to")
+    audit.add_argument("--on-auditor-error", choices=("error", "fail", "ignore"),
+                       help="exit 2 (error), 1 (fail) or ignore when an auditor errors "
+                            "(default: the spec's on_auditor_error, else error)")
+    audit.add_argument("--no-progress", action="store_true")
+    _add_ray_flags(audit)
+    audit.set_defaults(handler=_cmd_audit)
+
+    card = commands.add_parser("card", help="write the model card of a run")
+    card.add_argument("run_id")
+    card.add_argument("--store", type=Path, default=Path("store"))
+    card.add_argument("--format", choices=("md", "html"), default="md")
+    card.add_argument("--out", type=Path, help="default: standard output")
+    card.set_defaults(handler=_cmd_card)
+
+    sweep = commands.add_parser("sweep", help="train at several DP epsilons, audit, plot Pareto")
+    sweep.add_argument("--arch", default="mlp")
+    sweep.add_argument("--dataset", default="adult")
+    sweep.add_argument("--epsilons", type=_epsilons, default=[1.0, 4.0, 16.0, float("inf")],
+                       help="comma-separated; inf = non-private (default 1,4,16,inf)")
+    sweep.add_argument("--epochs", type=int)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--tier", choices=("smoke", "full"), default="smoke")
+    sweep.add_argument("--auditors", nargs="*", help="default: every applicable auditor")
+    sweep.add_argument("--store", type=Path, default=Path("store"))
+    sweep.add_argument("--out", type=Path, default=Path("sweep"),
+                       help="folder for sweep.json and the Pareto plot (plotly JSON)")
+    _add_ray_flags(sweep)
+    sweep.set_defaults(handler=_cmd_sweep)
     return parser
 
 

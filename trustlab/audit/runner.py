@@ -115,6 +115,26 @@ def run_auditor(auditor: Auditor, subject: Subject, config: AuditConfig) -> Audi
     return result
 
 
+def run_applicable(auditor: Auditor, subject: Subject, config: AuditConfig) -> AuditResult:
+    """Run ``auditor``, or record it as errored when it does not apply to ``subject``."""
+    if not auditor.applies_to(subject):
+        return AuditResult(auditor=auditor.name, status="errored",
+                           error=f"auditor {auditor.name!r} does not apply to "
+                                 f"{subject.arch} on {subject.data.name}")
+    return run_auditor(auditor, subject, config)
+
+
+def make_report(subject: Subject, results: list[AuditResult], *, run_id: str, names: list[str],
+                params: dict[str, dict], tier: str, seed: int) -> Report:
+    """The Report of one run: results plus the subject's description and provenance."""
+    return Report(run_id=run_id, subject=subject.describe(), results=results,
+                  created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  provenance={"versions": versions(), "seed": seed, "tier": tier,
+                              "hardware": hardware(resolve_device("cpu")),
+                              "config_hash": config_hash({"auditors": names, "params": params,
+                                                          "tier": tier, "seed": seed})})
+
+
 def audit(subject: Subject, *, auditors: list[str] | None = None,
           params: dict[str, dict] | None = None, tier: str = "smoke", seed: int = 0,
           store: ReportStore | None = None, run_id: str | None = None,
@@ -141,20 +161,11 @@ def audit(subject: Subject, *, auditors: list[str] | None = None,
             config = AuditConfig(params=params.get(auditor.name, {}), tier=tier, seed=seed,
                                  run_dir=run_dir, auditor=auditor.name,
                                  show_progress=show_progress)
-            if not auditor.applies_to(subject):
-                result = AuditResult(auditor=auditor.name, status="errored",
-                                     error=f"auditor {auditor.name!r} does not apply to "
-                                           f"{subject.arch} on {subject.data.name}")
-            else:
-                result = run_auditor(auditor, subject, config)
+            result = run_applicable(auditor, subject, config)
             results.append(result)
             bar.advance(f"{auditor.name}: {result.status}")
-    report = Report(run_id=run_id, subject=subject.describe(), results=results,
-                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    provenance={"versions": versions(), "seed": seed, "tier": tier,
-                                "hardware": hardware(resolve_device("cpu")),
-                                "config_hash": config_hash({"auditors": names, "params": params,
-                                                            "tier": tier, "seed": seed})})
+    report = make_report(subject, results, run_id=run_id, names=names, params=params, tier=tier,
+                         seed=seed)
     if store is not None:
         store.save(report)
     return report
