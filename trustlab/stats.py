@@ -37,9 +37,35 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n: int, *, n_res
             members = np.flatnonzero(strata == value)
             parts.append(members[rng.integers(0, len(members), size=(n_resamples, len(members)))])
         indices = np.concatenate(parts, axis=1)
-    values = np.asarray(statistic(indices), dtype=float)
+    return percentile_interval(statistic(indices), confidence)
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap ``values`` (non-finite ones ignored; NaN if none)."""
+    values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
     alpha = (1 - confidence) / 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def bootstrap_counts(counts: np.ndarray, *, n_resamples: int = 1000,
+                     seed: int = 0) -> np.ndarray:
+    """Stratified bootstrap of categorical rows, drawn as cell counts.
+
+    ``counts`` has shape (strata, cells): how many rows of each stratum fall in each cell (e.g.
+    the four confusion-matrix cells per group). Resampling a stratum's rows with replacement
+    gives cell counts ~ Multinomial(n_stratum, observed shares), so this draws those directly:
+    the same distribution as :func:`bootstrap_ci` with ``strata``, in O(resamples x cells)
+    instead of O(resamples x rows). Returns an int array (n_resamples, strata, cells).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    totals = counts.sum(axis=1)
+    shares = counts / np.maximum(totals, 1)[:, None]
+    draws = np.zeros((n_resamples, *counts.shape), dtype=np.int64)
+    for stratum, (total, share) in enumerate(zip(totals, shares)):
+        if total > 0:
+            draws[:, stratum] = rng.multinomial(total, share, size=n_resamples)
+    return draws
