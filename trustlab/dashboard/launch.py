@@ -1,0 +1,47 @@
+"""``trustlab dashboard``: start the Streamlit app on one report store.
+
+The store path travels to the app in ``TRUSTLAB_DASHBOARD_STORE``; pages never take a path from
+the browser.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from trustlab.dashboard import APP
+from trustlab.dashboard.data import STORE_ENV
+from trustlab.errors import TrustlabError
+
+
+def streamlit_command(port: int = 8501, address: str = "localhost") -> list[str]:
+    """The ``streamlit run`` command line for the app (headless, no telemetry, no file watcher)."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
+            "--server.port", str(port), "--server.address", address,
+            "--server.headless", "true", "--server.fileWatcherType", "none",
+            "--server.runOnSave", "false", "--browser.gatherUsageStats", "false",
+            "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
+
+
+def dashboard_env(store: str | Path) -> dict[str, str]:
+    """The environment for the app: this process's, plus the store it must show."""
+    root = Path(store)
+    if not root.is_dir():
+        raise TrustlabError(f"report store {root} does not exist: run `make demo` to create "
+                            "the demo store, or pass --store DIR of an existing store")
+    return {**os.environ, STORE_ENV: str(root.resolve())}
+
+
+def launch(store: str | Path = "store", port: int = 8501, address: str = "localhost") -> int:
+    """Serve the dashboard for ``store`` at http://<address>:<port> until interrupted."""
+    if not 1 <= port <= 65535:
+        raise TrustlabError(f"--port must be between 1 and 65535, got {port}")
+    print(f"trustlab dashboard on http://{address}:{port} (store {Path(store).resolve()}); "
+          "Ctrl-C stops it", file=sys.stderr)
+    server = subprocess.Popen(streamlit_command(port, address), env=dashboard_env(store))
+    try:
+        return server.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached Streamlit too; let it finish shutting down
+        return server.wait()
