@@ -15,13 +15,17 @@ def junit_xml(gate: GateResult) -> str:
     """The JUnit XML document of a gate: suites ``policy`` (rules) and ``auditors``."""
     report = gate.report
     root = ET.Element("testsuites", name=f"trustlab audit {report.subject['name']}")
-    policy = _suite(root, "trustlab.policy", report.created)
+    properties = {"run_id": report.run_id, "tier": report.provenance.get("tier"),
+                  "seed": report.provenance.get("seed"),
+                  "subject_hash": report.provenance.get("subject_hash"),
+                  "baseline": gate.baseline}
+    policy = _suite(root, "trustlab.policy", report.created, properties)
     for rule in gate.rules:
         case = ET.SubElement(policy, "testcase", name=rule.name,
                              classname=f"trustlab.policy.{(rule.metric or 'rule').split('.')[0]}",
                              time="0")
         _outcome(case, rule)
-    auditors = _suite(root, "trustlab.auditors", report.created)
+    auditors = _suite(root, "trustlab.auditors", report.created, properties)
     for result in report.results:
         case = ET.SubElement(auditors, "testcase", name=result.auditor,
                              classname="trustlab.auditors", time=f"{result.duration_s:.3f}")
@@ -49,10 +53,13 @@ def write_junit(gate: GateResult, path: str | Path) -> Path:
     return path
 
 
-def _suite(root: ET.Element, name: str, timestamp: str) -> ET.Element:
+def _suite(root: ET.Element, name: str, timestamp: str, properties: dict) -> ET.Element:
     suite = ET.SubElement(root, "testsuite", name=name, tests="0",
                           timestamp=timestamp.removesuffix("Z"), hostname=socket.gethostname())
-    ET.SubElement(suite, "properties")
+    holder = ET.SubElement(suite, "properties")
+    for key, value in properties.items():
+        if value is not None:
+            ET.SubElement(holder, "property", name=key, value=str(value))
     return suite
 
 

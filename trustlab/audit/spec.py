@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, \
     model_validator
 
-from trustlab.audit.policy import Rule, parse_rule
+from trustlab.audit.policy import Rule, RuleError, parse_rule
 from trustlab.audit.runner import available_auditors, get_auditor
 from trustlab.errors import ConfigError
 
@@ -93,7 +93,10 @@ class RuleSpec(_Strict):
     @field_validator("rule")
     @classmethod
     def _parses(cls, value: str) -> str:
-        parse_rule(value)  # raises ValueError (a ConfigError) naming the bad token
+        try:
+            parse_rule(value)
+        except RuleError as exc:  # pydantic reports ValueErrors with the field's location
+            raise ValueError(str(exc)) from None
         return value
 
     def parsed(self) -> Rule:
