@@ -109,7 +109,7 @@ def privacy_facts(report: Report) -> dict:
 def training_cost(report: Report) -> dict:
     """Wall time, hardware and energy of training (measured if recorded, else an estimate)."""
     training = report.subject.get("training") or {}
-    hardware = report.subject.get("hardware") or {}
+    hardware = report.subject.get("hardware") or report.provenance.get("hardware") or {}
     wall = training.get("wall_time_s")
     recorded = training.get("energy")
     if isinstance(recorded, dict) and "joules" in recorded:

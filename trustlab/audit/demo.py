@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from trustlab.audit.cards import write_cards
 from trustlab.audit.report import Report
 from trustlab.audit.runner import audit
 from trustlab.audit.store import ReportStore
@@ -41,7 +42,8 @@ QUICK_EPOCHS = 2
 def run_demo(store_dir: str | Path = "store", *, quick: bool = False, seed: int = 0,
              auditors: list[str] | None = None, show_progress: bool = True,
              console: Console | None = None) -> list[Report]:
-    """Train each zoo model, audit it with every applicable auditor, record one report each.
+    """Train each zoo model, audit it with every applicable auditor, record one report and a
+    model card (``card.md``, ``card.html`` in the run's folder) each.
 
     ``quick`` trains two models for two epochs (what the tests use).
     """
@@ -59,6 +61,7 @@ def run_demo(store_dir: str | Path = "store", *, quick: bool = False, seed: int 
         report = audit(subject, auditors=auditors, tier="smoke", seed=seed, store=store,
                        show_progress=show_progress)
         reports.append(report)
+        write_cards(report, store)
         console.print(f"  {report.status} in {time.perf_counter() - started:.1f} s "
                       f"(run {report.run_id})")
     console.print(summary_table(reports))
