@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
 from trustlab.audit.report import AuditResult
 from trustlab.audit.runner import AuditConfig, get_auditor, run_applicable
@@ -19,6 +19,8 @@ from trustlab.errors import ConfigError
 from trustlab.train.subject import Subject
 
 BACKENDS = ("local", "ray")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,19 @@ def run_tasks(subject: Subject, tasks: Iterable[AuditTask], on_done: Done, *,
         task = pending.pop(ready[0])
         result, files = ray.get(ready[0])
         on_done(task, AuditResult.from_dict(result), files)
+
+
+def map_tasks(fn: Callable[[T], R], items: Iterable[T], *, backend: str = "local",
+              address: str | None = None) -> list[R]:
+    """``[fn(item) for item in items]``, in this process or as parallel Ray tasks (same order)."""
+    items = list(items)
+    if backend == "local":
+        return [fn(item) for item in items]
+    if backend != "ray":
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    ray = connect_ray(address)
+    remote = ray.remote(fn)
+    return ray.get([remote.remote(item) for item in items])
 
 
 def connect_ray(address: str | None = None):  # noqa: ANN201 - the ray module

@@ -1,0 +1,221 @@
+"""``trustlab sweep``: train a zoo model at several privacy budgets ε, audit each, and plot the
+trade-offs together — accuracy against the fairness gap, membership-inference TPR at 0.1% FPR
+and robust accuracy — with each curve's Pareto front.
+
+Each ε is one point: trained with the DP engine (``trustlab.privacy.make_private``, ε = inf
+means non-private), audited with every applicable auditor, stored as a run with its card. Points
+are independent, so ``backend="ray"`` trains and audits them in parallel on a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from trustlab.audit.cards import write_cards
+from trustlab.audit.report import Report
+from trustlab.audit.runner import audit
+from trustlab.audit.scale import map_tasks
+from trustlab.audit.store import ReportStore
+from trustlab.errors import ConfigError
+from trustlab.train.checkpoint import atomic_write_json
+from trustlab.train.subject import Subject
+from trustlab.train.trainer import TrainSettings, train
+from trustlab.train.zoo import arch_info
+
+# Each axis: the metric pattern, how several matches combine (worst case), better direction.
+AXES: dict[str, tuple[str, Callable[[list[float]], float], str]] = {
+    "accuracy": (r"^performance\.test_accuracy$", max, "max"),
+    "fairness_gap": (r"^fairness\..+\.equalized_odds_difference$", max, "min"),
+    "mia_tpr_at_0.1%_fpr": (r"^privacy\..*tpr_at_0\.001_fpr$", max, "min"),
+    "robust_accuracy": (r"^robustness\..+\.accuracy$", min, "max"),
+}
+RISKS = ("fairness_gap", "mia_tpr_at_0.1%_fpr", "robust_accuracy")
+
+
+@dataclass
+class SweepSettings:
+    """What to sweep: the zoo model, the ε grid (inf: non-private) and the audit."""
+
+    arch: str = "mlp"
+    dataset: str = "adult"
+    epsilons: list[float] = field(default_factory=lambda: [1.0, 4.0, 16.0, math.inf])
+    epochs: int | None = None
+    seed: int = 0
+    tier: str = "smoke"
+    auditors: list[str] | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.epsilons or any(e <= 0 or math.isnan(e) for e in self.epsilons):
+            raise ConfigError(f"epsilons must be positive numbers (inf: non-private), "
+                              f"got {self.epsilons}")
+
+
+@dataclass
+class SweepPoint:
+    """One ε of the sweep: its run and its values on each axis (None: not measured)."""
+
+    epsilon: float
+    run_id: str
+    values: dict[str, float | None]
+
+
+@dataclass
+class SweepResult:
+    points: list[SweepPoint]
+
+    def table(self) -> str:
+        """A plain-text table of the points, one row per ε."""
+        header = ["epsilon", *AXES, "run_id"]
+        rows = [[f"{p.epsilon:g}", *(_fmt(p.values.get(a)) for a in AXES), p.run_id]
+                for p in self.points]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths))
+                         for r in [header, *rows])
+
+    def to_dict(self) -> dict:
+        return {"axes": {a: {"pattern": p, "better": b} for a, (p, _, b) in AXES.items()},
+                "points": [{**asdict(p), "epsilon": _json_number(p.epsilon)}
+                           for p in self.points]}
+
+
+def summarize(metrics: dict[str, float]) -> dict[str, float | None]:
+    """The value of each axis from a run's metrics (the worst case over matching metrics)."""
+    values: dict[str, float | None] = {}
+    for axis, (pattern, combine, _) in AXES.items():
+        found = [v for n, v in metrics.items() if re.match(pattern, n) and math.isfinite(v)]
+        values[axis] = combine(found) if found else None
+    return values
+
+
+def pareto_front(points: list[SweepPoint], axis: str) -> list[SweepPoint]:
+    """Points not dominated on (accuracy ↑, ``axis`` in its better direction), by accuracy."""
+    better = AXES[axis][2]
+    usable = [p for p in points if p.values.get("accuracy") is not None
+              and p.values.get(axis) is not None]
+
+    def key(p: SweepPoint) -> tuple[float, float]:
+        risk = p.values[axis]
+        return p.values["accuracy"], (risk if better == "max" else -risk)  # type: ignore[operator]
+
+    front = [p for p in usable if not any(
+        all(a >= b for a, b in zip(key(q), key(p))) and key(q) != key(p) for q in usable)]
+    return sorted(front, key=lambda p: p.values["accuracy"])  # type: ignore[arg-type, return-value]
+
+
+def pareto_figure(result: SweepResult):  # noqa: ANN201 - a plotly Figure
+    """Accuracy against each risk axis (points labelled by ε, Pareto front as a line), plus every
+    axis against ε."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=len(RISKS) + 1,
+                           subplot_titles=[*(f"accuracy vs {a}" for a in RISKS), "all vs ε"])
+    for col, axis in enumerate(RISKS, start=1):
+        shown = [p for p in result.points if p.values.get(axis) is not None
+                 and p.values.get("accuracy") is not None]
+        figure.add_trace(go.Scatter(
+            x=[p.values[axis] for p in shown], y=[p.values["accuracy"] for p in shown],
+            mode="markers+text", text=[f"ε={p.epsilon:g}" for p in shown],
+            textposition="top center", name=f"runs ({axis})", showlegend=False), row=1, col=col)
+        front = pareto_front(result.points, axis)
+        figure.add_trace(go.Scatter(x=[p.values[axis] for p in front],
+                                    y=[p.values["accuracy"] for p in front], mode="lines",
+                                    name=f"Pareto front ({axis})", line={"dash": "dot"}),
+                         row=1, col=col)
+        figure.update_xaxes(title_text=axis, row=1, col=col)
+        figure.update_yaxes(title_text="test accuracy", row=1, col=col)
+    ordered = sorted(result.points, key=lambda p: p.epsilon)
+    finite = [p.epsilon for p in ordered if math.isfinite(p.epsilon)]
+    shown_inf = 10 * max(finite) if finite else 1.0  # inf plotted to the right, labelled
+    for axis in AXES:
+        figure.add_trace(go.Scatter(
+            x=[p.epsilon if math.isfinite(p.epsilon) else shown_inf for p in ordered],
+            y=[p.values.get(axis) for p in ordered], mode="lines+markers", name=axis),
+            row=1, col=len(RISKS) + 1)
+    figure.update_xaxes(type="log", title_text="ε (rightmost: non-private)", row=1,
+                        col=len(RISKS) + 1)
+    figure.update_layout(title="privacy–utility–fairness–robustness trade-offs", height=450,
+                         width=400 * (len(RISKS) + 1))
+    return figure
+
+
+PointFn = Callable[[SweepSettings, float], tuple[dict, dict[str, bytes]]]
+
+
+def run_sweep(settings: SweepSettings, store: ReportStore, out: str | Path = "sweep", *,
+              backend: str = "local", address: str | None = None,
+              point: PointFn | None = None) -> SweepResult:
+    """Train and audit each ε (locally or on Ray), store each run with its card, and write
+    ``out/sweep.json`` and ``out/pareto.json`` (plotly). ``point`` replaces training (tests)."""
+    point = point or train_and_audit
+    outputs = map_tasks(lambda eps: point(settings, eps), settings.epsilons, backend=backend,
+                        address=address)
+    points = []
+    for epsilon, (report_data, files) in zip(settings.epsilons, outputs):
+        report = Report.from_dict(report_data)
+        staging = store.staging_dir(report.run_id)
+        for relative, content in files.items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            (staging / relative).write_bytes(content)
+        store.save(report)
+        write_cards(report, store)
+        metrics = {n: m.value for n, m in report.metrics().items()}
+        points.append(SweepPoint(epsilon, report.run_id, summarize(metrics)))
+    result = SweepResult(points)
+    out = Path(out)
+    atomic_write_json(out / "sweep.json", result.to_dict())
+    pareto_figure(result).write_json(str(out / "pareto.json"))
+    return result
+
+
+def train_and_audit(settings: SweepSettings, epsilon: float) -> tuple[dict, dict[str, bytes]]:
+    """One point: train at ``epsilon`` (DP-SGD unless inf), audit; the report and artifacts."""
+    epochs = settings.epochs or arch_info(settings.arch).training["epochs"]
+    train_settings = TrainSettings(epochs=epochs, seed=settings.seed)
+    holder: dict = {}
+    wrap = None if math.isinf(epsilon) else _private_wrap(settings, epsilon, epochs, holder)
+    trained = train(settings.arch, settings.dataset, settings=train_settings, wrap=wrap,
+                    show_progress=False)
+    if "optimizer" in holder:
+        trained.meta["privacy"] = holder["optimizer"].privacy_facts(settings.delta).to_dict()
+    name = f"{settings.dataset}-{settings.arch}-eps{epsilon:g}"
+    with tempfile.TemporaryDirectory(prefix="trustlab-sweep-") as scratch:
+        store = ReportStore(scratch)
+        subject = Subject.from_trained(trained, name)
+        report = audit(subject, auditors=settings.auditors, tier=settings.tier,
+                       seed=settings.seed, store=store, show_progress=False)
+        run_dir = store.run_dir(report.run_id)
+        files = {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*")
+                 if p.is_file() and p.name != "report.json"}
+    return report.to_dict(), files
+
+
+def _private_wrap(settings: SweepSettings, epsilon: float, epochs: int, holder: dict):  # noqa: ANN202
+    try:
+        from trustlab.privacy import make_private
+    except ImportError as exc:
+        raise ConfigError("a finite ε needs the DP engine trustlab.privacy.make_private") from exc
+
+    def wrap(model, optimizer, loader):  # noqa: ANN001, ANN202 - the trainer's hook
+        model, optimizer, loader = make_private(
+            model, optimizer, loader, target_epsilon=epsilon, target_delta=settings.delta,
+            epochs=epochs, max_grad_norm=settings.max_grad_norm, noise_seed=settings.seed)
+        holder["optimizer"] = optimizer
+        return model, optimizer, loader
+
+    return wrap
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _json_number(value: float) -> float | str:
+    return value if math.isfinite(value) else "inf"
