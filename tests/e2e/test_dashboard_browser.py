@@ -118,8 +118,8 @@ def test_page_renders_in_chromium(server: str, browser, screenshots: Path, path:
         page.goto(f"{server}/{path}", wait_until="domcontentloaded")
         page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=30_000)
         page.locator(key_element).first.wait_for(timeout=30_000)
-        page.wait_for_load_state("networkidle")
-        page.wait_for_timeout(500)  # let plotly finish drawing before the screenshot
+        page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=30_000)
+        page.wait_for_timeout(300)  # let plotly finish drawing before the screenshot
         assert page.locator('[data-testid="stException"]').count() == 0, \
             page.locator('[data-testid="stException"]').first.inner_text()
         page.screenshot(path=str(screenshots / f"{title.lower().replace(' ', '_')}.png"))

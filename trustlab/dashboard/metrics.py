@@ -17,6 +17,9 @@ from trustlab.audit.report import Metric, Report
 
 COLUMNS = ["name", "value", "ci_low", "ci_high"]
 BY_GROUP = re.compile(r"^fairness\.(?P<feature>.+?)\.by_group\.(?P<group>.+)\.(?P<metric>[^.]+)$")
+MITIGATIONS = ("threshold_optimizer", "exponentiated_gradient", "fair_finetune")
+MITIGATION = re.compile(rf"^fairness\.(?P<feature>[^.]+)\.(?P<method>(?:{'|'.join(MITIGATIONS)})"
+                        r"(?:\.[^.]+)?)\.(?P<metric>[^.]+)$")
 ATTACK_AUC = re.compile(r"^privacy\.(?P<attack>.+)\.auc$")
 ATTACK_TPR = re.compile(r"^privacy\.(?P<attack>.+?)\.tpr_at_(?P<fpr>[0-9.eE+-]+?)_?fpr$")
 PARAMETER = re.compile(r"(?P<key>epsilon|eps|radius)[_=-]?(?P<number>[0-9]+(?:[.p][0-9]+)?"
@@ -47,15 +50,22 @@ def fairness_by_group(frame: pd.DataFrame) -> pd.DataFrame:
     return _matching(frame, BY_GROUP)
 
 
-def fairness_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Fairness metrics that are not per group (differences, ratios, mitigation results)."""
-    return frame[frame["name"].str.startswith("fairness.")
-                 & ~frame["name"].str.contains(".by_group.", regex=False)]
+def fairness_mitigation(frame: pd.DataFrame) -> pd.DataFrame:
+    """``fairness.<feature>.<method>[.<setting>].<metric>`` rows of the known mitigations."""
+    return _matching(frame, MITIGATION)
+
+
+def fairness_disparities(frame: pd.DataFrame, feature: str) -> pd.DataFrame:
+    """``fairness.<feature>.<metric>`` rows (differences, ratios): not per group, not mitigation."""
+    prefix = f"fairness.{feature}."
+    rest = frame["name"].str.removeprefix(prefix)
+    return frame[frame["name"].str.startswith(prefix) & ~rest.str.contains(".", regex=False)]
 
 
 def is_intersectional(feature: str) -> bool:
-    """Whether a fairness feature name combines several attributes (``sex&race``, ``sex_x_race``)."""
-    return bool(re.search(r"&|\+|\*|_x_|__| x ", feature))
+    """Whether a fairness feature name combines attributes (``sex_x_race``, as the auditor
+    names intersections)."""
+    return "_x_" in feature
 
 
 def privacy_attacks(frame: pd.DataFrame) -> pd.DataFrame:

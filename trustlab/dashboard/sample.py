@@ -91,8 +91,8 @@ def _performance(rng: np.random.Generator, staging: Path | None) -> AuditResult:
 
 def _fairness(rng: np.random.Generator, staging: Path | None) -> AuditResult:
     result = AuditResult("fairness")
-    groups = {**GROUPS, "sex+race": tuple(f"{s}+{r}" for s in GROUPS["sex"]
-                                           for r in GROUPS["race"])}
+    groups = {**GROUPS, "sex_x_race": tuple(f"{s}_x_{r}" for s in GROUPS["sex"]
+                                             for r in GROUPS["race"])}
     for feature, names in groups.items():
         rates = rng.uniform(0.1, 0.4, len(names))
         for group, rate in zip(names, rates):
@@ -103,19 +103,20 @@ def _fairness(rng: np.random.Generator, staging: Path | None) -> AuditResult:
         gap = float(rates.max() - rates.min())
         result.add_metric(f"{feature}.demographic_parity_difference", gap, _ci(gap, 0.02))
         result.add_metric(f"{feature}.equalized_odds_difference", gap * 1.2, _ci(gap * 1.2, 0.03))
-    for method, (acc, gap) in {"none": (0.85, 0.18), "threshold_optimizer": (0.83, 0.05),
-                               "exponentiated_gradient": (0.82, 0.03)}.items():
-        result.add_metric(f"mitigation.{method}.accuracy", acc)
-        result.add_metric(f"mitigation.{method}.equalized_odds_difference", gap)
+    for method, (acc, gap) in {"threshold_optimizer": (0.83, 0.05),
+                               "exponentiated_gradient.bound_0p01": (0.82, 0.03)}.items():
+        result.add_metric(f"sex.{method}.accuracy", acc)
+        result.add_metric(f"sex.{method}.equalized_odds_difference", gap)
     result.add_finding("medium", "equalized odds difference for sex exceeds 0.1",
                        "fairness.sex.equalized_odds_difference")
     if staging is not None:
         fig = go.Figure(go.Scatter(x=[0.18, 0.05, 0.03], y=[0.85, 0.83, 0.82],
-                                   text=["none", "threshold_optimizer", "exponentiated_gradient"],
+                                   text=["original", "threshold_optimizer",
+                                         "exponentiated_gradient"],
                                    mode="markers+text"))
         fig.update_layout(title="mitigation trade-off", xaxis_title="equalized odds difference",
                           yaxis_title="accuracy")
-        result.artifacts.append(_plot(staging, "mitigation_tradeoff.json", fig,
+        result.artifacts.append(_plot(staging, "sex_tradeoff.json", fig,
                                       "accuracy vs disparity per mitigation"))
     return result
 
