@@ -130,3 +130,36 @@ def test_subject_hash_changes_with_the_weights(german_checkpoint):  # noqa: F811
     with torch.no_grad():
         next(subject.model.parameters()).add_(1e-3)
     assert subject_hash(subject) != before
+
+
+@pytest.mark.slow
+def test_ray_backend_gives_the_local_metrics(tmp_path, fake_auditors, german_checkpoint,
+                                             monkeypatch):  # noqa: F811
+    ray = pytest.importorskip("ray")
+    from pipeline_fixtures import HERE
+
+    monkeypatch.setenv("PYTHONPATH", str(HERE))  # the workers import the fake auditors plugin
+    spec = make_spec(german_checkpoint, "  performance: {}\n  fake_seeded: {}", extra="seed: 5")
+    local = run_spec(spec, ReportStore(tmp_path / "local"), show_progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_spec(spec, ReportStore(tmp_path / "ray"), backend="ray",
+                          show_progress=False)
+    finally:
+        ray.shutdown()
+    assert remote.report.provenance["backend"] == "ray" and remote.cached == []
+    assert values(remote.report) == values(local.report)
+    artifact = ReportStore(tmp_path / "ray").run_dir(remote.report.run_id) / "fake_seeded"
+    assert (artifact / "draws.json").is_file()
+
+
+def test_assert_policy_runs_a_spec_file(tmp_path, german_checkpoint):  # noqa: F811
+    from trustlab.testing import assert_policy
+
+    spec = tmp_path / "audit.yaml"
+    spec.write_text(f"subject: {{checkpoint: {german_checkpoint}}}\n"
+                    "auditors: {performance: {}}\npolicy: [performance.test_accuracy >= 0.5]\n")
+    results = assert_policy(spec, ["performance.test_accuracy <= 1"], store=tmp_path / "store")
+    assert [r.status for r in results] == ["passed", "passed"]
+    with pytest.raises(AssertionError, match="performance.test_accuracy >= 0.999"):
+        assert_policy(spec, ["performance.test_accuracy >= 0.999"], store=tmp_path / "store")

@@ -103,3 +103,21 @@ def test_arithmetic_and_comparisons_match_python(expression, op, x, bound):
 def test_every_rule_is_evaluated_even_after_an_error():
     rules = [parse_rule("no.such <= 1"), parse_rule("privacy.empirical_epsilon <= 1")]
     assert [r.status for r in evaluate_policy(rules, METRICS)] == ["errored", "passed"]
+
+
+def test_assert_policy_for_pytest():
+    from trustlab.audit.report import AuditResult, Report
+    from trustlab.testing import assert_policy
+
+    result = AuditResult("fairness")
+    result.add_metric("sex.equalized_odds_difference", 0.08, (0.03, 0.13))
+    report = Report(run_id="r", subject={}, results=[result])
+    passed = assert_policy(report, ["fairness.sex.equalized_odds_difference <= 0.1",
+                                    "fairness.sex.equalized_odds_difference <= baseline"])
+    assert [r.status for r in passed] == ["passed", "skipped"]
+    with pytest.raises(AssertionError, match=r"failed: upper\(fairness.sex.equalized_odds_diff"
+                                             r"erence\) <= 0.1 \(measured 0.13, bound 0.1, CI "
+                                             r"\[0.03, 0.13\]\)"):
+        assert_policy(report, ["upper(fairness.sex.equalized_odds_difference) <= 0.1"])
+    with pytest.raises(AssertionError, match="errored: fairness.sex.nope"):
+        assert_policy(report.metrics(), ["fairness.sex.nope <= 1"])
