@@ -1,7 +1,10 @@
-"""nn.Conv1d / nn.Conv2d via unfold: each output position is a Linear on a receptive field.
+"""nn.Conv1d / nn.Conv2d: per-sample gradients as one grouped convolution backward.
 
-Unfolded activations (B·G, L, C/G·k) and output gradients (B·G, L, out/G) per group G reuse
-the Linear norms (ghost or direct by cost); per-sample norms sum over groups.
+Folding the batch into the channel groups (input (1, B·C, ...), output grads (1, B·out, ...),
+B·G groups) makes ATen's weight-gradient kernel return every sample's gradient at once
+(B, out, C/G, k...), at the FLOP count of the batched weight gradient and without an im2col
+copy of the input. They are kept when small (the clipped sum is then ``sum_i c_i G_i``), else
+reduced to norms and the clipped sum is one weight-gradient call on rescaled output gradients.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustlab.kernels import linear
 from trustlab.kernels.clip import scale_accumulate
-from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel, stack_sequences
+from trustlab.kernels.linear import KEEP_LIMIT_ELEMS
+from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel
 
 
 class _ConvTap(torch.autograd.Function):
@@ -32,14 +35,29 @@ class _ConvTap(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple:
         x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.args
-        ctx.sink(Record(x, g, meta={"args": ctx.args, "kernel": weight.shape[2:]}))
+        ctx.sink(Record(x, g, meta={"args": ctx.args, "weight_shape": weight.shape}))
         grad_x = None
         if ctx.needs_input_grad[0]:
+            stride, padding, dilation, groups = ctx.args
             grad_x = torch.ops.aten.convolution_backward(
-                g, x, weight, None, stride, padding, dilation, False, [0] * len(stride),
-                groups, [True, False, False])[0]
+                g, x, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
+                [True, False, False])[0]
         return grad_x, None, None, None, None
+
+
+def _conv_backward(g: Tensor, x: Tensor, weight_shape: torch.Size, args: tuple,
+                   folds: int) -> Tensor:
+    """ATen's weight gradient; ``folds`` > 1 folds that many samples into the groups, giving
+    per-sample weight gradients."""
+    stride, padding, dilation, groups = args
+    if folds > 1:
+        x = x.reshape(1, -1, *x.shape[2:])
+        g = g.reshape(1, -1, *g.shape[2:])
+        weight_shape = (folds * weight_shape[0], *weight_shape[1:])
+    weight = x.new_zeros(()).expand(weight_shape)  # only its shape is read
+    return torch.ops.aten.convolution_backward(g, x, weight, None, stride, padding, dilation,
+                                               False, [0] * len(stride), groups * folds,
+                                               [False, True, False])[1]
 
 
 def _explicit_padding(layer: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
@@ -58,27 +76,19 @@ def _explicit_padding(layer: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, .
     return x, tuple(layer.padding)
 
 
-def unfold_record(record: Record) -> tuple[Tensor, Tensor, int]:
-    """(B·G, L, C/G·k) activations, (B·G, L, out/G) gradients, and G, for one call."""
-    x, g = record.a, record.g
-    stride, padding, dilation, groups = record.meta["args"]
-    kernel = tuple(record.meta["kernel"])
-    if x.dim() == 3:  # Conv1d as a 1 x k Conv2d
-        x, g = x.unsqueeze(2), g.unsqueeze(2)
-        kernel, stride, padding, dilation = ((1, *kernel), (1, *stride), (0, *padding),
-                                             (1, *dilation))
-    batch = x.shape[0]
-    a = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-    a = a.view(batch, groups, -1, a.shape[-1]).transpose(2, 3).reshape(batch * groups,
-                                                                         a.shape[-1], -1)
-    g = g.reshape(batch, groups, g.shape[1] // groups, -1).transpose(2, 3)
-    return a, g.reshape(batch * groups, g.shape[2], -1), groups
+def per_sample_weight_grads(records: list[Record]) -> Tensor:
+    """(B, out, C/G, k...) per-sample weight gradients, summed over the layer's calls."""
+    total = None
+    for r in records:
+        batch = r.a.shape[0]
+        grads = _conv_backward(r.g, r.a, r.meta["weight_shape"], r.meta["args"], batch)
+        grads = grads.view(batch, *r.meta["weight_shape"])
+        total = grads if total is None else total + grads
+    return total
 
 
-def conv_records(records: list[Record]) -> tuple[Tensor, Tensor, int]:
-    parts = [unfold_record(r) for r in records]
-    a, g = stack_sequences([(a, g) for a, g, _ in parts])
-    return a, g, parts[0][2]
+def _bias_grads(records: list[Record]) -> Tensor:
+    return sum(r.g.flatten(2).sum(2) for r in records)
 
 
 @register_kernel
@@ -91,44 +101,35 @@ class Conv2dKernel(LayerKernel):
         return _ConvTap.apply(x, layer.weight, layer.bias, args, sink)
 
     def sq_norms(self, layer: nn.Module, records: list[Record]) -> tuple[Tensor, Any]:
-        a, g, groups = conv_records(records)
-        batch = a.shape[0] // groups
-        total = torch.zeros(batch, dtype=g.dtype, device=g.device)
+        batch = records[0].a.shape[0]
+        total = records[0].g.new_zeros(batch)
         kept = None
-        if layer.weight.requires_grad:
-            mode = linear.choose_mode(a.shape[0], a.shape[1], a.shape[2], g.shape[2])
-            norms, kept = linear.sq_norms(a, g, mode)
-            total += norms.view(batch, groups).sum(1)
+        if layer.weight.requires_grad and batch:
+            grads = per_sample_weight_grads(records).flatten(1)
+            total += grads.square().sum(1)
+            kept = grads if grads.numel() <= KEEP_LIMIT_ELEMS else None
         if layer.bias is not None and layer.bias.requires_grad:
-            total += self._bias_grads(g, groups).square().sum(1)
-        return total, (a, g, groups, kept)
-
-    @staticmethod
-    def _bias_grads(g: Tensor, groups: int) -> Tensor:
-        return g.sum(1).view(g.shape[0] // groups, -1)
+            total += _bias_grads(records).square().sum(1)
+        return total, kept
 
     def clipped_sum(self, layer: nn.Module, records: list[Record], state: Any,
                     weights: Tensor) -> dict[str, Tensor]:
-        a, g, groups, kept = state
         out: dict[str, Tensor] = {}
         if layer.weight.requires_grad:
-            if kept is not None:
-                summed = scale_accumulate(kept.view(weights.shape[0], -1), weights)
-            else:
-                batch = weights.shape[0]
-                gw = g.view(batch, groups, *g.shape[1:]) * weights[:, None, None, None]
-                summed = torch.einsum("bgld,bglp->gdp", gw, a.view(batch, groups, *a.shape[1:]))
-            out["weight"] = summed.reshape(layer.weight.shape)
+            if state is not None:
+                out["weight"] = scale_accumulate(state, weights).view(layer.weight.shape)
+            else:  # one weight-gradient call per use on rescaled output gradients
+                out["weight"] = sum(
+                    _conv_backward(r.g * weights.view(-1, *[1] * (r.g.dim() - 1)), r.a,
+                                   layer.weight.shape, r.meta["args"], 1) for r in records)
         if layer.bias is not None and layer.bias.requires_grad:
-            out["bias"] = weights @ self._bias_grads(g, groups)
+            out["bias"] = weights @ _bias_grads(records)
         return out
 
     def per_sample_grads(self, layer: nn.Module, records: list[Record]) -> dict[str, Tensor]:
-        a, g, groups = conv_records(records)
-        batch = a.shape[0] // groups
-        out = {"weight": linear.per_sample_weight_grads(a, g).reshape(batch, *layer.weight.shape)}
+        out = {"weight": per_sample_weight_grads(records)}
         if layer.bias is not None:
-            out["bias"] = self._bias_grads(g, groups)
+            out["bias"] = _bias_grads(records)
         return {k: v for k, v in out.items() if getattr(layer, k).requires_grad}
 
 

@@ -103,6 +103,8 @@ def stack_sequences(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     if len(batch) != 1:
         raise ValueError(f"a layer saw different batch sizes {sorted(batch)} in one step; "
                          "per-sample gradients need the batch in dim 0 (set batch_first=True)")
-    a = torch.cat([a.reshape(a.shape[0], -1, a.shape[-1]) for a, _ in parts], dim=1)
-    g = torch.cat([g.reshape(g.shape[0], -1, g.shape[-1]) for _, g in parts], dim=1)
-    return a, g
+    a_parts = [a.reshape(a.shape[0], -1, a.shape[-1]) for a, _ in parts]
+    g_parts = [g.reshape(g.shape[0], -1, g.shape[-1]) for _, g in parts]
+    if len(parts) == 1:
+        return a_parts[0], g_parts[0]
+    return torch.cat(a_parts, dim=1), torch.cat(g_parts, dim=1)

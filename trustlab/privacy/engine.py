@@ -209,7 +209,8 @@ class DPOptimizer(torch.optim.Optimizer):
                 loss = closure()
         self.tracker.flush()
         params = self.params()
-        sums = [self.tracker.summed.get(p, torch.zeros_like(p)) for p in params]
+        sums = [self.tracker.summed[p] if p in self.tracker.summed else torch.zeros_like(p)
+                for p in params]
         if self.reduce is not None:
             sums = self.reduce(sums)
         std = self.noise_multiplier * self.max_grad_norm

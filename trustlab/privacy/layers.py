@@ -87,16 +87,19 @@ class DPMultiheadAttention(nn.Module):
         q = self.q_proj(query).view(batch, tgt, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(key).view(batch, src, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(value).view(batch, src, self.num_heads, self.head_dim).transpose(1, 2)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        mask = self._mask(attn_mask, key_padding_mask, is_causal, batch, tgt, src, scores)
-        if mask is not None:
-            scores = scores + mask
-        attention = scores.softmax(-1)
-        mixed = F.dropout(attention, self.dropout, self.training) @ v
+        mask = self._mask(attn_mask, key_padding_mask, is_causal, batch, tgt, src, q)
+        attention = None
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+            attention = (scores if mask is None else scores + mask).softmax(-1)
+            mixed = F.dropout(attention, self.dropout, self.training) @ v
+        else:  # the fused kernel: no (B, H, L, S) attention map kept for backward
+            mixed = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         out = self.out_proj(mixed.transpose(1, 2).reshape(batch, tgt, self.embed_dim))
         if not self.batch_first:
             out = out.transpose(0, 1)
-        if not need_weights:
+        if attention is None:
             return out, None
         return out, attention.mean(1) if average_attn_weights else attention
 

@@ -1,0 +1,181 @@
+"""Time one full DP-SGD optimizer step: non-private vs Opacus (hooks, ghost) vs trustlab.
+
+    python benchmarks/dp_step.py [--device cpu|cuda] [--batch 128 512] [--rounds 15] [--json FILE]
+
+Methods are interleaved round by round and the median step time is reported, so load from
+other processes hits all methods alike. Peak memory is the step's high-water mark above the
+memory held before it (CUDA: max_memory_allocated; CPU: VmHWM with glibc returning large blocks
+to the OS, see ``MALLOC_MMAP_THRESHOLD_``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable
+
+if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform == "linux":
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed tensors leave RSS: peaks are honest
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from trustlab.privacy import fix, make_private
+
+METHODS = ("nonprivate", "opacus_hooks", "opacus_ghost", "trustlab")
+
+
+class Pool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)
+
+
+class LastStep(nn.Module):
+    def __init__(self, rnn: nn.Module, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.rnn, self.head = rnn, nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def build(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor], int]:
+    """(model, input maker, classes) of the issue's reference models."""
+    if name == "mlp":
+        return (nn.Sequential(nn.Linear(100, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                              nn.Linear(256, 2)), lambda b: torch.randn(b, 100), 2)
+    if name == "cnn":
+        return (nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.GroupNorm(4, 16), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Conv2d(16, 32, 5, padding=2),
+                              nn.GroupNorm(8, 32), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(32 * 7 * 7, 10)), lambda b: torch.randn(b, 1, 28, 28), 10)
+    if name == "transformer":
+        layer = nn.TransformerEncoderLayer(128, 4, 256, dropout=0.0, batch_first=True)
+        return (nn.Sequential(layer, Pool(), nn.Linear(128, 10)),
+                lambda b: torch.randn(b, 64, 128), 10)
+    if name == "lstm":
+        return (LastStep(nn.LSTM(28, 128, batch_first=True), 128, 10),
+                lambda b: torch.randn(b, 28, 28), 10)
+    raise ValueError(name)
+
+
+def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+              ) -> Callable[[], None]:
+    """A closure running one optimizer step of ``method`` on the fixed batch (x, y)."""
+    loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
+    loss_fn = nn.CrossEntropyLoss()
+    if method == "nonprivate":
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    elif method == "trustlab":
+        model = fix(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        model, opt, _ = make_private(model, opt, loader, noise_multiplier=1.0,
+                                     max_grad_norm=1.0, target_delta=1e-5,
+                                     poisson_sampling=False, noise_seed=0)
+    else:
+        from opacus import PrivacyEngine
+        from opacus.validators import ModuleValidator
+
+        model = ModuleValidator.fix(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        mode = method.split("_")[1]
+        out = PrivacyEngine().make_private(module=model, optimizer=opt, data_loader=loader,
+                                           criterion=loss_fn, noise_multiplier=1.0,
+                                           max_grad_norm=1.0, poisson_sampling=False,
+                                           grad_sample_mode=mode)
+        model, opt, loss_fn = out[0], out[1], out[2] if mode == "ghost" else loss_fn
+
+    def step() -> None:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+
+def peak_memory(step: Callable[[], None], device: str) -> int:
+    """Bytes the step needs above what is held before it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM
+    base = _rss("VmRSS")
+    step()
+    return _rss("VmHWM") - base
+
+
+def run(models: list[str], batches: list[int], rounds: int, device: str) -> list[dict]:
+    records = []
+    for name in models:
+        for batch in batches:
+            torch.manual_seed(0)
+            model, make_x, classes = build(name)
+            x, y = make_x(batch).to(device), torch.randint(0, classes, (batch,), device=device)
+            steps = {m: make_step(m, copy.deepcopy(model).to(device), x, y) for m in METHODS}
+            memory = {}
+            for m, step in steps.items():  # warm up, then one step for the memory peak
+                step(), step()
+                memory[m] = peak_memory(step, device)
+            times: dict[str, list[float]] = {m: [] for m in METHODS}
+            for _ in range(rounds):
+                for m, step in steps.items():
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    step()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    times[m].append(time.perf_counter() - start)
+            base_t = statistics.median(times["nonprivate"])
+            for m in METHODS:
+                t = statistics.median(times[m])
+                records.append({"model": name, "batch": batch, "method": m, "step_time_s": t,
+                                "peak_mem_bytes": memory[m],
+                                "time_ratio_vs_nonprivate": t / base_t,
+                                "mem_ratio_vs_nonprivate": memory[m] / max(memory["nonprivate"], 1)})
+                r = records[-1]
+                print(f"{name:12s} B={batch:4d} {m:13s} {t * 1e3:9.2f} ms  "
+                      f"x{r['time_ratio_vs_nonprivate']:5.2f}  mem {memory[m] / 2**20:8.1f} MiB  "
+                      f"x{r['mem_ratio_vs_nonprivate']:5.2f}", flush=True)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "transformer", "lstm"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[128, 512])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--json", help="write the records to this file")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    print(f"# {datetime.date.today()} device={args.device} torch={torch.__version__} "
+          f"threads={torch.get_num_threads()}")
+    records = run(args.models, args.batch, args.rounds, args.device)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
