@@ -1,0 +1,130 @@
+"""The fairness auditor on the Adult MLP fixture: values against fairlearn, bad input, artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fairlearn.metrics import MetricFrame, equalized_odds_difference, selection_rate
+
+from trustlab.audit.auditors.fairness import resolve_params
+from trustlab.audit.runner import AuditConfig, get_auditor, run_auditor
+from trustlab.errors import ConfigError
+from trustlab.train.data import load_dataset
+from trustlab.train.subject import Subject
+
+FAST = {"mitigation": [], "slices": False, "n_resamples": 50}
+
+
+def _run(subject: Subject, tmp_path, **params):
+    config = AuditConfig(params=params, tier="smoke", run_dir=tmp_path, auditor="fairness")
+    return run_auditor(get_auditor("fairness"), subject, config)
+
+
+def _with_test_sensitive(subject: Subject, sensitive: pd.DataFrame) -> Subject:
+    test = dataclasses.replace(subject.split("test"), sensitive=sensitive)
+    data = dataclasses.replace(subject.data, splits={**subject.data.splits, "test": test})
+    return Subject(subject.name, subject.model, data, subject.meta)
+
+
+@pytest.fixture(scope="module")
+def adult_result(adult_mlp: Subject, tmp_path_factory: pytest.TempPathFactory):
+    return _run(adult_mlp, tmp_path_factory.mktemp("fair"))
+
+
+def test_reported_group_metrics_equal_fairlearn(adult_mlp: Subject, adult_result) -> None:
+    assert adult_result.status in ("passed", "failed"), adult_result.error
+    test = adult_mlp.split("test")
+    pred = adult_mlp.predict_proba(test.X).argmax(axis=1)
+    sens = test.sensitive
+    for name, groups in (("sex", sens["sex"]), ("race", sens["race"]),
+                         ("sex_x_race", sens["sex"] + "_x_" + sens["race"])):
+        frame = MetricFrame(metrics={"selection_rate": selection_rate}, y_true=test.y,
+                            y_pred=pred, sensitive_features=groups.to_numpy())
+        for group, value in frame.by_group["selection_rate"].items():
+            label = str(group).replace(" ", "_")
+            reported = adult_result.metrics[f"fairness.{name}.by_group.{label}.selection_rate"]
+            assert abs(reported.value - value) < 1e-12
+            assert reported.ci_low <= reported.value <= reported.ci_high
+    eo = adult_result.metrics["fairness.sex.equalized_odds_difference"]
+    reference = equalized_odds_difference(test.y, pred, sensitive_features=sens["sex"])
+    assert abs(eo.value - reference) < 1e-12
+    assert eo.ci_low is not None and eo.ci_low <= eo.ci_high
+
+
+def test_threshold_optimizer_and_artifacts(adult_result) -> None:
+    metrics = adult_result.metrics
+    before = metrics["fairness.sex.equalized_odds_difference"].value
+    after = metrics["fairness.sex.threshold_optimizer.equalized_odds_difference"].value
+    assert after < before
+    assert "fairness.race.by_group.White.train_share" in metrics
+    assert any(f.message.startswith("weak slice #1") for f in adult_result.findings)
+    names = {a.name for a in adult_result.artifacts}
+    assert {"sex_by_group.json", "sex_calibration.json", "sex_tradeoff.json",
+            "sex_x_race_by_group.json", "weak_slices.json"} <= names
+
+
+def test_plot_artifacts_are_plotly_json(adult_result, tmp_path_factory) -> None:
+    run_dir = next(tmp_path_factory.getbasetemp().glob("fair*"))
+    figure = json.loads((run_dir / "fairness" / "sex_by_group.json").read_text())
+    assert figure["data"][0]["type"] == "bar" and "error_y" in figure["data"][0]
+
+
+def test_missing_feature_and_nan_are_findings(adult_mlp: Subject, tmp_path) -> None:
+    sensitive = adult_mlp.split("test").sensitive.copy()
+    sensitive.loc[:9, "sex"] = np.nan
+    subject = _with_test_sensitive(adult_mlp, sensitive)
+    result = _run(subject, tmp_path, sensitive_features=["sex", "religion"], **FAST)
+    assert result.status != "errored", result.error
+    messages = " ".join(f.message for f in result.findings)
+    assert "'religion' is not in the data" in messages
+    assert "missing (NaN/empty) in 10 of" in messages
+    assert "fairness.sex.demographic_parity_difference" in result.metrics
+
+
+def test_single_member_group_is_flagged_not_dropped(adult_mlp: Subject, tmp_path) -> None:
+    sensitive = adult_mlp.split("test").sensitive.copy()
+    sensitive.loc[0, "race"] = "Martian"
+    result = _run(_with_test_sensitive(adult_mlp, sensitive), tmp_path, **FAST)
+    assert "fairness.race.by_group.Martian.count" in result.metrics
+    assert any("Martian (n=1)" in f.message for f in result.findings)
+    assert np.isfinite(result.metrics["fairness.race.equalized_odds_difference"].value)
+
+
+class _Constant(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([2.0, -2.0]).expand(len(x), 2)
+
+
+def test_constant_predictions_do_not_crash(adult_mlp: Subject, tmp_path) -> None:
+    subject = Subject("constant", _Constant(), adult_mlp.data, adult_mlp.meta)
+    result = _run(subject, tmp_path, mitigation=["threshold_optimizer"], slices=True,
+                  n_resamples=50)
+    assert result.status == "failed", result.error
+    assert any("predicts class 0 for every row" in f.message for f in result.findings)
+    assert result.metrics["fairness.sex.demographic_parity_difference"].value == 0
+
+
+def test_no_usable_feature_is_a_clear_error(adult_mlp: Subject, tmp_path) -> None:
+    result = _run(adult_mlp, tmp_path, sensitive_features=["religion"], **FAST)
+    assert result.status == "errored" and "no usable sensitive feature" in result.error
+
+
+def test_params_are_validated() -> None:
+    with pytest.raises(ConfigError, match="unknown fairness parameter"):
+        resolve_params({"bootstraps": 5}, "smoke")
+    with pytest.raises(ConfigError, match="unknown mitigation"):
+        resolve_params({"mitigation": ["magic"]}, "full")
+
+
+def test_applies_only_to_tabular_classifiers(adult_mlp: Subject) -> None:
+    auditor = get_auditor("fairness")
+    digits = Subject("digits", adult_mlp.model, load_dataset("digits"), {"arch": "cnn"})
+    autoencoder = Subject("ae", adult_mlp.model, adult_mlp.data,
+                          {"arch": "autoencoder", "task": "reconstruction"})
+    assert auditor.applies_to(adult_mlp)
+    assert not auditor.applies_to(digits) and not auditor.applies_to(autoencoder)
