@@ -30,7 +30,7 @@ from trustlab.train.zoo import arch_info
 # Each axis: the metric pattern, how several matches combine (worst case), better direction.
 AXES: dict[str, tuple[str, Callable[[list[float]], float], str]] = {
     "accuracy": (r"^performance\.test_accuracy$", max, "max"),
-    "fairness_gap": (r"^fairness\..+\.equalized_odds_difference$", max, "min"),
+    "fairness_gap": (r"^fairness\.[^.]+\.equalized_odds_difference$", max, "min"),
     "mia_tpr_at_0.1%_fpr": (r"^privacy\..*tpr_at_0\.001_fpr$", max, "min"),
     "robust_accuracy": (r"^robustness\..+\.accuracy$", min, "max"),
 }
