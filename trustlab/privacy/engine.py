@@ -106,6 +106,8 @@ class GradSampleTracker:
                                 "backward pass; per-sample clipping needs the batch in dim 0 "
                                 "of every layer input (set batch_first=True)")
         batch = sizes.pop()
+        if batch == 0:  # an empty Poisson batch contributes nothing; step() still adds noise
+            return
         scale = float(batch) if self.loss_reduction == "mean" else 1.0
         first = next(iter(pending.values()))[0].g
         norms = torch.zeros(batch, dtype=first.dtype, device=first.device)

@@ -58,6 +58,25 @@ class DPMultiheadAttention(nn.Module):
             new.out_proj.load_state_dict(mha.out_proj.state_dict())
         return new.train(mha.training)
 
+    def to_module(self) -> nn.MultiheadAttention:
+        """The equivalent ``nn.MultiheadAttention`` (weights copied), e.g. for checkpoints."""
+        same = self.k_proj.in_features == self.v_proj.in_features == self.embed_dim
+        mha = nn.MultiheadAttention(self.embed_dim, self.num_heads, self.dropout,
+                                    self.out_proj.bias is not None,
+                                    kdim=self.k_proj.in_features, vdim=self.v_proj.in_features,
+                                    batch_first=self.batch_first).to(self.out_proj.weight)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        with torch.no_grad():
+            if same:
+                mha.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
+            else:
+                for name, proj in zip("qkv", projections):
+                    getattr(mha, f"{name}_proj_weight").copy_(proj.weight)
+            if mha.in_proj_bias is not None:
+                mha.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
+            mha.out_proj.load_state_dict(self.out_proj.state_dict())
+        return mha.train(self.training)
+
     def _mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool,
               batch: int, tgt: int, src: int, like: Tensor) -> Tensor | None:
         """One additive float mask (B, H, L, S) from PyTorch's mask conventions."""
@@ -122,6 +141,7 @@ class _DPRecurrent(nn.Module):
 
     gates: int
     mode: str
+    torch_class: type[nn.RNNBase]
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -151,6 +171,23 @@ class _DPRecurrent(nn.Module):
                     cell.ih.bias.copy_(getattr(rnn, f"bias_ih_{suffix}"))
                     cell.hh.bias.copy_(getattr(rnn, f"bias_hh_{suffix}"))
         return new.train(rnn.training)
+
+    def to_module(self) -> nn.RNNBase:
+        """The equivalent ``nn.LSTM`` / ``nn.GRU`` (weights copied), e.g. for checkpoints."""
+        bias = self.cells[0].ih.bias is not None
+        rnn = self.torch_class(self.input_size, self.hidden_size, self.num_layers, bias,
+                               self.batch_first, self.dropout,
+                               self.bidirectional).to(self.cells[0].ih.weight)
+        with torch.no_grad():
+            for index, cell in enumerate(self.cells):
+                layer, direction = divmod(index, self.directions)
+                suffix = f"l{layer}" + ("_reverse" if direction else "")
+                getattr(rnn, f"weight_ih_{suffix}").copy_(cell.ih.weight)
+                getattr(rnn, f"weight_hh_{suffix}").copy_(cell.hh.weight)
+                if bias:
+                    getattr(rnn, f"bias_ih_{suffix}").copy_(cell.ih.bias)
+                    getattr(rnn, f"bias_hh_{suffix}").copy_(cell.hh.bias)
+        return rnn.train(self.training)
 
     def _step(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -195,7 +232,7 @@ class _DPRecurrent(nn.Module):
 class DPLSTM(_DPRecurrent):
     """``nn.LSTM`` (gate order i, f, g, o) from ``nn.Linear`` cells."""
 
-    gates, mode = 4, "lstm"
+    gates, mode, torch_class = 4, "lstm", nn.LSTM
 
     def _step(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         i, f, g, o = (gates_x + cell.hh(h)).chunk(4, -1)
@@ -206,7 +243,7 @@ class DPLSTM(_DPRecurrent):
 class DPGRU(_DPRecurrent):
     """``nn.GRU`` (gate order r, z, n) from ``nn.Linear`` cells."""
 
-    gates, mode = 3, "gru"
+    gates, mode, torch_class = 3, "gru", nn.GRU
 
     def _step(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         xr, xz, xn = gates_x.chunk(3, -1)

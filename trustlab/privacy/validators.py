@@ -85,3 +85,14 @@ def fix(module: nn.Module) -> nn.Module:
         else:
             fix(child)
     return module
+
+
+def unfix(module: nn.Module) -> nn.Module:
+    """Undo :func:`fix` for the exact swaps (DP layers back to their PyTorch originals), so a
+    checkpoint loads into the architecture it was built from."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, DPLSTM | DPGRU | DPMultiheadAttention):
+            setattr(module, name, child.to_module())
+        else:
+            unfix(child)
+    return module

@@ -1,0 +1,138 @@
+"""make_private end to end: noise, Poisson sampling, averaging, accumulation, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from trustlab.errors import ConfigError, TrustlabError
+from trustlab.privacy import compute_epsilon, fix, make_private
+
+
+def _setup(n: int = 64, batch: int = 16, **kwargs):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    data = TensorDataset(torch.randn(n, 5), torch.randint(0, 2, (n,)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    args = dict(noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5, noise_seed=0)
+    return make_private(model, opt, DataLoader(data, batch_size=batch), **{**args, **kwargs})
+
+
+def test_noise_std_is_sigma_times_c():
+    model, opt, _ = _setup(noise_multiplier=1.3, max_grad_norm=0.7, poisson_sampling=False)
+    draws = []
+    for _ in range(40):  # no backward: pure noise, divided by the expected batch size 16
+        opt.zero_grad()
+        opt.step()
+        draws += [p.grad.flatten() * opt.expected_batch_size for p in model.parameters()]
+    noise = torch.cat(draws)
+    n = noise.numel()  # about 4000 draws: std estimate within ~1.1% (1 s.d.)
+    assert abs(noise.std().item() / (1.3 * 0.7) - 1) < 4 / (2 * n) ** 0.5
+    assert abs(noise.mean().item()) < 4 * 1.3 * 0.7 / n ** 0.5
+
+
+def test_average_divides_by_expected_not_realised_batch_size():
+    model, opt, loader = _setup(noise_multiplier=0.0, max_grad_norm=1e6)
+    assert opt.expected_batch_size == pytest.approx(16)
+    x, y = torch.randn(5, 5), torch.randint(0, 2, (5,))  # a small realised batch
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    F.cross_entropy(ref(x), y, reduction="sum").backward()
+    for p, r in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, r.grad / 16)
+
+
+def test_poisson_loader_and_empty_batches():
+    model, opt, loader = _setup(n=40, batch=1)  # q = 1/40: most batches are empty
+    sizes = []
+    for x, y in loader:
+        sizes.append(len(x))
+        opt.zero_grad()
+        if len(x):
+            F.cross_entropy(model(x), y).backward()
+        opt.step()  # an empty batch still adds noise and is accounted
+    assert 0 in sizes and len(set(sizes)) > 1
+    assert opt.steps == len(sizes)
+    eps = compute_epsilon(1.0, 1 / 40, len(sizes), 1e-5)
+    assert opt.epsilon(1e-5) == pytest.approx(eps, rel=1e-6)
+    facts = opt.privacy_facts(1e-5).to_dict()
+    assert facts["steps"] == len(sizes) and facts["sample_rate"] == pytest.approx(1 / 40)
+
+
+def test_forward_backward_on_empty_batch_is_a_noise_only_step():
+    model, opt, _ = _setup(noise_multiplier=0.0)
+    F.cross_entropy(model(torch.zeros(0, 5)), torch.zeros(0, dtype=torch.long),
+                    reduction="sum").backward()
+    opt.step()
+    assert all((p.grad == 0).all() for p in model.parameters())
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    x, y = torch.randn(12, 5), torch.randint(0, 2, (12,))
+    grads = []
+    for chunks in (1, 3):
+        model, opt, _ = _setup(noise_multiplier=0.0, max_grad_norm=0.05, poisson_sampling=False)
+        opt.zero_grad()
+        for xc, yc in zip(x.chunk(chunks), y.chunk(chunks)):
+            F.cross_entropy(model(xc), yc).backward()
+        opt.step()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_per_sample_contributions_are_clipped():
+    model, opt, _ = _setup(noise_multiplier=0.0, max_grad_norm=0.01, poisson_sampling=False)
+    x, y = torch.randn(1, 5) * 100, torch.tensor([1])
+    F.cross_entropy(model(x), y).backward()
+    assert opt.tracker.last_sq_norms.sqrt().item() > 0.01
+    total = torch.cat([s.flatten() for s in opt.tracker.summed.values()]).norm()
+    assert total <= 0.01 * (1 + 1e-6)
+
+
+def test_non_finite_loss_raises_without_update():
+    model, opt, _ = _setup(poisson_sampling=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TrustlabError, match="non-finite per-sample gradient"):
+        (model(torch.randn(4, 5)).sum() * float("nan")).backward()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_validator_names_unsupported_layers_and_fix():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LSTM(4, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.randn(4, 1)), batch_size=2)
+    with pytest.raises(ConfigError) as err:
+        make_private(model, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0,
+                     target_delta=1e-5)
+    assert "1 (BatchNorm2d)" in str(err.value) and "GroupNorm" in str(err.value)
+    assert "3 (LSTM)" in str(err.value) and "DPLSTM" in str(err.value)
+
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+
+    with pytest.raises(ConfigError, match=r"custom \(Custom\).*register_kernel"):
+        make_private(nn.ModuleDict({"custom": Custom()}), opt, loader, noise_multiplier=1.0,
+                     max_grad_norm=1.0, target_delta=1e-5)
+    fixed = fix(model)
+    assert isinstance(fixed[1], nn.GroupNorm) and type(fixed[3]).__name__ == "DPLSTM"
+
+
+def test_unreachable_target_epsilon_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unreachable"):
+        _setup(noise_multiplier=None, target_epsilon=1e-6, epochs=1000)
+
+
+def test_calibrated_noise_meets_target_epsilon():
+    model, opt, loader = _setup(noise_multiplier=None, target_epsilon=2.0, epochs=5)
+    steps = int(5 / loader.sample_rate)
+    eps = compute_epsilon(opt.noise_multiplier, loader.sample_rate, steps, 1e-5)
+    assert 1.95 <= eps <= 2.0
