@@ -33,11 +33,14 @@ DEFAULTS = {
     "intersections": True,
     "n_resamples": {"smoke": 200, "full": 1000},
     "confidence": 0.95,
-    "mitigation": {"smoke": ["threshold_optimizer"], "full": list(MITIGATIONS)},
+    # exponentiated_gradient refits a logistic regression ~15 times per feature: opt-in
+    "mitigation": {"smoke": ["threshold_optimizer"], "full": ["threshold_optimizer",
+                                                              "fair_finetune"]},
     "mitigation_split": "val",
-    "finetune_weights": [1.0, 5.0, 20.0],
-    "eg_bounds": [0.05, 0.01],
-    "eg_max_rows": 8000,
+    "finetune_weights": [2.0, 10.0],
+    "finetune_max_rows": 8000,
+    "eg_bounds": [0.02],
+    "eg_max_rows": 4000,
     "slices": True,
     "max_equalized_odds_difference": 0.1,
     "min_demographic_parity_ratio": 0.8,
@@ -262,8 +265,9 @@ class FairnessAuditor:
             return [score(method, "", pred)]
         train = subject.split("train")
         train_g = _same_grouping(train, g.features[0])
-        rows = np.flatnonzero(train_g.valid)
+        rows = np.random.default_rng(seed).permutation(np.flatnonzero(train_g.valid))
         if method == "fair_finetune":
+            rows = rows[:int(p["finetune_max_rows"])]
             outcomes = []
             for weight in p["finetune_weights"]:
                 tuned = fair_finetune(subject.clean_model(), train.X[rows], train.y[rows],
@@ -271,7 +275,7 @@ class FairnessAuditor:
                 pred = predict(tuned, subject.split(p["split"]).X).argmax(axis=1)
                 outcomes.append(score(method, _setting("weight", weight), pred))
             return outcomes
-        rows = np.random.default_rng(seed).permutation(rows)[:int(p["eg_max_rows"])]
+        rows = rows[:int(p["eg_max_rows"])]
         X_fit, y_fit = train.X[rows], train.y[rows]
         groups_fit = np.asarray(train_g.labels, dtype=object)[train_g.codes[rows]]
         X_eval = subject.split(p["split"]).X

@@ -89,7 +89,7 @@ def exponentiated_gradient(X_fit: np.ndarray, y_fit: np.ndarray, groups_fit: np.
     if constraint not in CONSTRAINTS:
         raise ConfigError(f"constraint must be one of {sorted(CONSTRAINTS)}, got {constraint!r}")
     reduction = ExponentiatedGradient(learner, CONSTRAINTS[constraint](
-        difference_bound=difference_bound), max_iter=30)
+        difference_bound=difference_bound), max_iter=15)
     reduction.fit(X_fit, y_fit, sensitive_features=groups_fit)
     return np.asarray(reduction.predict(X_eval, random_state=seed)).astype(np.int64)
 
