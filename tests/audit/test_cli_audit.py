@@ -15,6 +15,7 @@ import yaml
 from pipeline_fixtures import HERE, german_checkpoint  # noqa: F401 - fixture
 
 from trustlab.audit.store import ReportStore
+from trustlab.cli import main
 
 TRUSTLAB = str(Path(sys.executable).parent / "trustlab")
 SCHEMA = xmlschema.XMLSchema(str(HERE / "junit.xsd"))
@@ -43,7 +44,7 @@ def junit_cases(junit: Path) -> dict:
     return {case["@name"]: case for suite in root["testsuite"] for case in suite["testcase"]}
 
 
-def test_pass_then_one_failing_rule(tmp_path, german_checkpoint):  # noqa: F811
+def test_pass_then_one_failing_rule(tmp_path, german_checkpoint, capsys):  # noqa: F811
     store = tmp_path / "store"
     rules = ["performance.test_accuracy >= 0.5", "upper(fake_seeded.score) <= 1"]
     spec = write_spec(tmp_path, german_checkpoint, rules)
@@ -70,11 +71,15 @@ def test_pass_then_one_failing_rule(tmp_path, german_checkpoint):  # noqa: F811
     assert f"ci: [{accuracy.ci_low}, {accuracy.ci_high}]" in failure["$"]
     assert "❌" in (tmp_path / "fail.md").read_text()
 
-    card = trustlab("card", run_id, "--store", store, "--format", "md")
-    assert card.returncode == 0, card.stderr
-    front = yaml.safe_load(card.stdout.split("---\n")[1])
+    assert main(["card", run_id, "--store", str(store), "--format", "md"]) == 0  # in process
+    front = yaml.safe_load(capsys.readouterr().out.split("---\n")[1])
     metrics = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {k: m.value for k, m in ReportStore(store).load(run_id).metrics().items()}
+    html = tmp_path / "card.html"
+    assert main(["card", run_id, "--store", str(store), "--format", "html", "--out",
+                 str(html)]) == 0
+    assert html.read_text().startswith("<!DOCTYPE html>")
+    assert main(["card", "no-such-run", "--store", str(store)]) == 2
 
 
 MALFORMED = [  # (what to break, what the message must name), each run through the real CLI
