@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import xmlschema
 import yaml
-from pipeline_fixtures import HERE, german_checkpoint  # noqa: F401 - fixture
 
 from trustlab.audit.store import ReportStore
 from trustlab.cli import main
+
+HERE = Path(__file__).parent
 
 TRUSTLAB = str(Path(sys.executable).parent / "trustlab")
 SCHEMA = xmlschema.XMLSchema(str(HERE / "junit.xsd"))
@@ -44,7 +44,7 @@ def junit_cases(junit: Path) -> dict:
     return {case["@name"]: case for suite in root["testsuite"] for case in suite["testcase"]}
 
 
-def test_pass_then_one_failing_rule(tmp_path, german_checkpoint, capsys):  # noqa: F811
+def test_pass_then_one_failing_rule(tmp_path, german_checkpoint, capsys):
     store = tmp_path / "store"
     rules = ["performance.test_accuracy >= 0.5", "upper(fake_seeded.score) <= 1"]
     spec = write_spec(tmp_path, german_checkpoint, rules)
@@ -106,7 +106,7 @@ def test_malformed_spec_exits_2_naming_the_field(tmp_path):
 
 
 def test_sigint_leaves_the_store_consistent_and_a_rerun_resumes(
-        tmp_path, german_checkpoint):  # noqa: F811
+        tmp_path, german_checkpoint):
     started, block, log = tmp_path / "started", tmp_path / "block", tmp_path / "log"
     block.touch()
     auditors = (f"  fake_counter: {{log: {log}}}\n"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import fake_auditors, german_checkpoint  # noqa: F401 - fixtures
 from safetensors.torch import save_file
 
 from trustlab.audit.pipeline import build_subject, run_spec, subject_hash
@@ -24,7 +25,7 @@ def values(report) -> dict:
 
 
 def test_finished_auditors_are_reused_and_artifacts_land_in_every_run(
-        tmp_path, fake_auditors, german_checkpoint):  # noqa: F811
+        tmp_path, fake_auditors, german_checkpoint):
     log = tmp_path / "log"
     spec = make_spec(german_checkpoint, f"  performance: {{}}\n  fake_seeded: {{}}\n"
                                         f"  fake_counter: {{log: {log}}}")
@@ -45,7 +46,7 @@ def test_finished_auditors_are_reused_and_artifacts_land_in_every_run(
 
 
 def test_same_spec_and_seed_give_the_same_metrics(tmp_path, fake_auditors,
-                                                  german_checkpoint):  # noqa: F811
+                                                  german_checkpoint):
     spec = make_spec(german_checkpoint, "  performance: {}\n  fake_seeded: {}", extra="seed: 7")
     one = run_spec(spec, ReportStore(tmp_path / "a"), show_progress=False)
     two = run_spec(spec, ReportStore(tmp_path / "b"), show_progress=False)
@@ -59,7 +60,7 @@ def test_same_spec_and_seed_give_the_same_metrics(tmp_path, fake_auditors,
 
 @pytest.mark.parametrize("mode, code", [("error", 2), ("fail", 1), ("ignore", 0)])
 def test_an_errored_auditor_sets_the_exit_code_and_is_not_cached(
-        tmp_path, fake_auditors, german_checkpoint, mode, code):  # noqa: F811
+        tmp_path, fake_auditors, german_checkpoint, mode, code):
     spec = make_spec(german_checkpoint, "  fake_seeded: {}\n  fake_broken: {}",
                      policy="[fake_seeded.score < 1]", extra=f"on_auditor_error: {mode}")
     store = ReportStore(tmp_path / "store")
@@ -71,7 +72,7 @@ def test_an_errored_auditor_sets_the_exit_code_and_is_not_cached(
     assert not list((store.root / "cache").glob(".staging-*"))
 
 
-def test_baseline_rules_gate_regressions(tmp_path, german_checkpoint):  # noqa: F811
+def test_baseline_rules_gate_regressions(tmp_path, german_checkpoint):
     store = ReportStore(tmp_path / "store")
     rules = "[performance.test_accuracy >= baseline - 0.001, performance.test_accuracy > baseline]"
     spec = parse_spec(f"subject: {{checkpoint: {german_checkpoint}}}\n"
@@ -122,7 +123,7 @@ def test_user_model_factory_weights_and_data_loader(tmp_path, monkeypatch):
         build_subject(spec)
 
 
-def test_subject_hash_changes_with_the_weights(german_checkpoint):  # noqa: F811
+def test_subject_hash_changes_with_the_weights(german_checkpoint):
     spec = parse_spec(f"subject: {{checkpoint: {german_checkpoint}}}\n")
     subject = build_subject(spec)
     before = subject_hash(subject)
@@ -134,11 +135,9 @@ def test_subject_hash_changes_with_the_weights(german_checkpoint):  # noqa: F811
 
 @pytest.mark.slow
 def test_ray_backend_gives_the_local_metrics(tmp_path, fake_auditors, german_checkpoint,
-                                             monkeypatch):  # noqa: F811
+                                             monkeypatch):
     ray = pytest.importorskip("ray")
-    from pipeline_fixtures import HERE
-
-    monkeypatch.setenv("PYTHONPATH", str(HERE))  # the workers import the fake auditors plugin
+    monkeypatch.setenv("PYTHONPATH", str(Path(fake_auditors.__file__).parent))  # the workers import the fake auditors plugin
     spec = make_spec(german_checkpoint, "  performance: {}\n  fake_seeded: {}", extra="seed: 5")
     local = run_spec(spec, ReportStore(tmp_path / "local"), show_progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -153,7 +152,7 @@ def test_ray_backend_gives_the_local_metrics(tmp_path, fake_auditors, german_che
     assert (artifact / "draws.json").is_file()
 
 
-def test_assert_policy_runs_a_spec_file(tmp_path, german_checkpoint):  # noqa: F811
+def test_assert_policy_runs_a_spec_file(tmp_path, german_checkpoint):
     from trustlab.testing import assert_policy
 
     spec = tmp_path / "audit.yaml"

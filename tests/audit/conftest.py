@@ -1,8 +1,7 @@
-"""Fixtures of the audit-pipeline tests (imported by them): fake auditors, a small checkpoint."""
+"""Fixtures of the audit tests: fake auditors (a plugin module), a small German-credit checkpoint."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
