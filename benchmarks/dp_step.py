@@ -4,8 +4,8 @@
 
 Methods are interleaved round by round and the median step time is reported, so load from
 other processes hits all methods alike. Peak memory is the step's high-water mark above the
-memory held before it (CUDA: max_memory_allocated; CPU: VmHWM with glibc returning large blocks
-to the OS, see ``MALLOC_MMAP_THRESHOLD_``).
+memory held before it (CUDA: max_memory_allocated; CPU: the rise of the process's resident
+high-water mark VmHWM over one step, approximate since the allocator may reuse cached blocks).
 """
 
 from __future__ import annotations
@@ -14,16 +14,10 @@ import argparse
 import copy
 import datetime
 import json
-import os
 import statistics
-import sys
 import time
 import warnings
 from typing import Callable
-
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform == "linux":
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed tensors leave RSS: peaks are honest
-    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import torch
 import torch.nn.functional as F
