@@ -21,8 +21,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     settings = TrainSettings(epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
                              batch_size=args.batch_size, optimizer=args.optimizer)
-    trained = train(args.arch, args.dataset, settings=settings, out=args.out,
-                    dataset_path=args.data_path)
+    if args.dp:
+        from trustlab.privacy.train import train_private
+
+        trained = train_private(args.arch, args.dataset, target_epsilon=args.target_epsilon,
+                                delta=args.delta, max_grad_norm=args.max_grad_norm,
+                                accountant=args.accountant, settings=settings, out=args.out,
+                                dataset_path=args.data_path)
+    else:
+        trained = train(args.arch, args.dataset, settings=settings, out=args.out,
+                        dataset_path=args.data_path)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in trained.metrics.items() if k.startswith("test"))
     Console().print(f"saved {args.out}: {metrics}")
     return EXIT_OK
@@ -142,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     train.add_argument("--data-path", type=Path,
                        help="original source files instead of the bundled copies")
+    private = train.add_argument_group("differential privacy (DP-SGD)")
+    private.add_argument("--dp", action="store_true", help="train with DP-SGD")
+    private.add_argument("--target-epsilon", type=float, default=3.0)
+    private.add_argument("--delta", type=float, default=1e-5)
+    private.add_argument("--max-grad-norm", type=float, default=1.0, help="clipping bound C")
+    private.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
     train.set_defaults(handler=_cmd_train)
 
     demo = commands.add_parser("demo", help="train the reference zoo, audit it, fill the store")
