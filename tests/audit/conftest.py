@@ -1,4 +1,4 @@
-"""Fixtures of the audit tests: fake auditors (a plugin module), a small German-credit checkpoint."""
+"""Fixtures of the audit tests: fake auditors (a plugin module), a small German checkpoint."""
 
 from __future__ import annotations
 

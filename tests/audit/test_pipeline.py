@@ -137,7 +137,8 @@ def test_subject_hash_changes_with_the_weights(german_checkpoint):
 def test_ray_backend_gives_the_local_metrics(tmp_path, fake_auditors, german_checkpoint,
                                              monkeypatch):
     ray = pytest.importorskip("ray")
-    monkeypatch.setenv("PYTHONPATH", str(Path(fake_auditors.__file__).parent))  # the workers import the fake auditors plugin
+    # the Ray workers import the fake auditors plugin from here
+    monkeypatch.setenv("PYTHONPATH", str(Path(fake_auditors.__file__).parent))
     spec = make_spec(german_checkpoint, "  performance: {}\n  fake_seeded: {}", extra="seed: 5")
     local = run_spec(spec, ReportStore(tmp_path / "local"), show_progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

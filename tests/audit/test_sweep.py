@@ -1,4 +1,4 @@
-"""The ε sweep: aggregation, Pareto fronts and the plot from fake runs; the real DP sweep (slow)."""
+"""The ε sweep: aggregation, Pareto fronts and the plot from fake runs; a real DP sweep (slow)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,10 @@ def test_summary_takes_the_worst_case_per_axis():
     values = summarize({"performance.test_accuracy": 0.8,
                         "fairness.sex.equalized_odds_difference": 0.1,
                         "fairness.race.equalized_odds_difference": 0.3,
-                        "robustness.a.accuracy": 0.5, "robustness.b.accuracy": 0.2,
+                        "robustness.a.accuracy": 0.5,
+                        "robustness.fgsm.eps_0p25.robust_accuracy": 0.2,
+                        "robustness.per_class.x.robust_accuracy": 0.1,  # not an attack
+                        "robustness.clean_accuracy": 0.9,
                         "privacy.lira.tpr_at_0.001_fpr": math.nan})
     assert values == {"accuracy": 0.8, "fairness_gap": 0.3, "mia_tpr_at_0.1%_fpr": None,
                       "robust_accuracy": 0.2}

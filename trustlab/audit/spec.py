@@ -142,7 +142,8 @@ class AuditSpec(_Strict):
 
 
 def load_spec(path: str | Path) -> AuditSpec:
-    """Read and validate a spec file; a ``ConfigError`` names file, line, field and what's allowed."""
+    """Read and validate a spec file; a ``ConfigError`` names file, line, field and what is
+    allowed."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"audit spec {path} not found")
