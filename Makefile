@@ -16,6 +16,9 @@ $(BIN)/trustlab: pyproject.toml constraints.txt
 	touch $(BIN)/trustlab
 
 setup: $(BIN)/trustlab
+	# Debian's Chromium + driver for the dashboard's browser test (no browser download).
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium chromium-driver) \
+		|| echo "make setup: could not install Debian chromium (needs root); the dashboard browser test will be skipped"
 
 demo: setup
 	$(BIN)/trustlab demo --store $(STORE)

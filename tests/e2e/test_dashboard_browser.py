@@ -19,20 +19,22 @@ from pathlib import Path
 
 import pytest
 
+from trustlab.dashboard import PAGES as DASHBOARD_PAGES
 from trustlab.dashboard.sample import make_sample_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
-# (url path, page title, selector of the page's key element)
-PAGES = [("", "Runs", '[data-testid="stDataFrame"]'),
-         ("fairness", "Fairness", '[data-testid="stPlotlyChart"]'),
-         ("explainability", "Explainability", '[data-testid="stPlotlyChart"]'),
-         ("robustness", "Robustness", '[data-testid="stPlotlyChart"]'),
-         ("privacy", "Privacy", '[data-testid="stPlotlyChart"]'),
-         ("model_card", "Model card", '[data-testid="stDownloadButton"]'),
-         ("compare", "Compare runs", '[data-testid="stDataFrame"]')]
+# page slug -> (its heading, selector of its key element); nav labels come from the app's table
+KEY_ELEMENTS = {"runs": ("Runs", '[data-testid="stDataFrame"]'),
+                "fairness": ("Fairness", '[data-testid="stPlotlyChart"]'),
+                "explainability": ("Explainability", '[data-testid="stPlotlyChart"]'),
+                "robustness": ("Robustness", '[data-testid="stPlotlyChart"]'),
+                "privacy": ("Privacy", '[data-testid="stPlotlyChart"]'),
+                "model_card": ("Model card", '[data-testid="stDownloadButton"]'),
+                "compare": ("Compare runs", '[data-testid="stDataFrame"]')}
+assert set(KEY_ELEMENTS) == {slug for slug, _, _ in DASHBOARD_PAGES}
 
 pytestmark = [
     pytest.mark.e2e,
@@ -108,21 +110,28 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("path", "title", "key_element"), PAGES, ids=[p[1] for p in PAGES])
-def test_page_renders_in_chromium(server: str, browser, screenshots: Path, path: str,
-                                  title: str, key_element: str) -> None:
+@pytest.fixture(scope="module")
+def tab(server: str, browser):
+    """One browser tab on the dashboard, as a user has it; JavaScript errors are collected."""
     page = browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        page.goto(f"{server}/{path}", wait_until="domcontentloaded")
-        page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=30_000)
-        page.locator(key_element).first.wait_for(timeout=30_000)
-        page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=30_000)
-        page.wait_for_timeout(300)  # let plotly finish drawing before the screenshot
-        assert page.locator('[data-testid="stException"]').count() == 0, \
-            page.locator('[data-testid="stException"]').first.inner_text()
-        page.screenshot(path=str(screenshots / f"{title.lower().replace(' ', '_')}.png"))
-    finally:
-        page.close()
-    assert not errors, f"JavaScript errors on {title}: {errors}"
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.goto(server, wait_until="domcontentloaded")
+    yield page
+    page.close()
+
+
+@pytest.mark.parametrize(("slug", "label"), [(slug, label) for slug, label, _ in DASHBOARD_PAGES])
+def test_page_renders_in_chromium(tab, screenshots: Path, slug: str, label: str) -> None:
+    """Open the page from the sidebar, wait for its key element, then look for failures."""
+    heading, key_element = KEY_ELEMENTS[slug]
+    tab.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
+    tab.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=30_000)
+    tab.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=30_000)
+    tab.locator(key_element).first.wait_for(timeout=30_000)
+    tab.wait_for_timeout(300)  # let plotly finish drawing before the screenshot
+    exceptions = tab.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, exceptions.first.inner_text()
+    assert not tab.errors, f"JavaScript errors on {label}: {tab.errors}"
+    assert tab.url.rstrip("/").endswith("" if slug == "runs" else f"/{slug}")
+    tab.screenshot(path=str(screenshots / f"{slug}.png"))

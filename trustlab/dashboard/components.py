@@ -18,6 +18,7 @@ from trustlab.dashboard.metrics import COLUMNS
 RUN_KEY = "run_id"
 # Plain symbols (not emoji): they render without an emoji font, in tables as in Markdown.
 STATUS_ICON = {"passed": "✔ passed", "failed": "✖ failed", "errored": "⚠ errored"}
+MAX_TABLE_ROWS = 500
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 
@@ -165,8 +166,7 @@ def _artifact(root: Path, run_id: str, artifact: Artifact) -> None:
                 raise ValueError(f"image artifact {artifact.name!r} is not a PNG/JPEG file")
             st.image(str(path), caption=artifact.description or artifact.name)
         elif artifact.kind == "table":
-            st.markdown(f"**{caption}**")
-            st.dataframe(_table(root, run_id, artifact), hide_index=True)
+            _table(root, run_id, artifact, caption)
         else:
             st.caption(f"{caption} ({escape(artifact.kind)} artifact in the run folder, "
                        "not displayed)")
@@ -174,8 +174,19 @@ def _artifact(root: Path, run_id: str, artifact: Artifact) -> None:
         st.warning(f"Artifact {escape(artifact.name)} cannot be shown: {escape(exc)}", icon=":material/warning:")
 
 
-def _table(root: Path, run_id: str, artifact: Artifact) -> pd.DataFrame:
+def _table(root: Path, run_id: str, artifact: Artifact, caption: str) -> None:
+    """A JSON (records, or a dict holding them) or CSV table artifact, first rows only."""
     text = data.read_artifact_text(root, run_id, artifact)
     if artifact.path.endswith(".csv"):
-        return pd.read_csv(StringIO(text))
-    return pd.DataFrame(json.loads(text))
+        frame, scalars = pd.read_csv(StringIO(text)), {}
+    else:
+        frame, scalars = data.table_frame(json.loads(text))
+    details = ", ".join(f"{k}: {v}" for k, v in scalars.items())
+    st.markdown(f"**{caption}**" + (f" ({escape(details)})" if details else ""))
+    if frame is None:
+        st.caption(f"{escape(artifact.name)} holds no table of records; it is kept in the run "
+                   "folder for tools, not displayed.")
+        return
+    st.dataframe(frame.head(MAX_TABLE_ROWS), hide_index=True)
+    if len(frame) > MAX_TABLE_ROWS:
+        st.caption(f"first {MAX_TABLE_ROWS} of {len(frame)} rows")

@@ -189,3 +189,22 @@ def split_front_matter(markdown: str) -> tuple[str, str]:
         if end != -1:
             return markdown[4:end].strip(), markdown[end + 4:].lstrip("\n")
     return "", markdown
+
+
+def table_frame(obj: object) -> tuple[pd.DataFrame | None, dict]:
+    """A JSON table artifact as (rows, scalar fields): a list of records, or a dict holding one
+    (``{"attack": "lira", "examples": [...]}``). Nested cells become text; rows is None when the
+    JSON holds no list of records."""
+    scalars = {}
+    records = obj if isinstance(obj, list) else None
+    if isinstance(obj, dict):
+        scalars = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
+        records = next((v for v in obj.values() if isinstance(v, list) and v
+                        and all(isinstance(r, dict) for r in v)), None)
+    if not records or not all(isinstance(r, dict) for r in records):
+        return None, scalars
+    frame = pd.DataFrame.from_records(records)
+    for column in frame.columns:
+        if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
+            frame[column] = frame[column].map(json.dumps)
+    return frame, scalars

@@ -20,8 +20,10 @@ BY_GROUP = re.compile(r"^fairness\.(?P<feature>.+?)\.by_group\.(?P<group>.+)\.(?
 MITIGATIONS = ("threshold_optimizer", "exponentiated_gradient", "fair_finetune")
 MITIGATION = re.compile(rf"^fairness\.(?P<feature>[^.]+)\.(?P<method>(?:{'|'.join(MITIGATIONS)})"
                         r"(?:\.[^.]+)?)\.(?P<metric>[^.]+)$")
-ATTACK_AUC = re.compile(r"^privacy\.(?P<attack>.+)\.auc$")
-ATTACK_TPR = re.compile(r"^privacy\.(?P<attack>.+?)\.tpr_at_(?P<fpr>[0-9.eE+-]+?)_?fpr$")
+ATTACK_AUC = re.compile(r"^privacy\.(?P<attack>[^.]+)\.auc$")
+ATTACK_TPR = re.compile(r"^privacy\.(?P<attack>[^.]+)\.tpr_at_(?P<fpr>[0-9.eE+-]+?)_?fpr$")
+GROUP_TPR = re.compile(r"^privacy\.(?P<attack>[^.]+)\.(?P<feature>[^.]+)\.(?P<group>[^.]+)"
+                       r"\.tpr_at_(?P<fpr>[0-9.eE+-]+?)_?fpr$")
 PARAMETER = re.compile(r"(?P<key>epsilon|eps|radius)[_=-]?(?P<number>[0-9]+(?:[.p][0-9]+)?"
                        r"(?:e-?[0-9]+)?)")
 
@@ -75,6 +77,11 @@ def privacy_attacks(frame: pd.DataFrame) -> pd.DataFrame:
     tpr = tpr.assign(fpr=pd.to_numeric(tpr["fpr"], errors="coerce"))
     tpr = tpr.assign(quantity="TPR @ FPR=" + tpr["fpr"].map("{:g}".format))
     return pd.concat([auc, tpr], ignore_index=True)[["attack", "quantity", "fpr", *COLUMNS]]
+
+
+def privacy_by_group(frame: pd.DataFrame) -> pd.DataFrame:
+    """``privacy.<attack>.<feature>.<group>.tpr_at_<fpr>_fpr``: which groups are most exposed."""
+    return _matching(frame, GROUP_TPR)
 
 
 def epsilons(frame: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,9 @@ from trustlab.audit.store import ReportStore
 
 MODELS = (("adult-mlp", "mlp", "adult"), ("adult-ft_transformer", "ft_transformer", "adult"),
           ("compas-mlp", "mlp", "compas"), ("german-mlp", "mlp", "german"),
-          ("digits-cnn", "cnn", "digits"), ("digits-vit", "vit", "digits"))
+          ("digits-cnn", "cnn", "digits"), ("digits-vit", "vit", "digits"),
+          ("digits-lstm", "lstm", "digits"), ("digits-gru", "gru", "digits"),
+          ("adult-autoencoder", "autoencoder", "adult"))  # the demo's reference zoo
 HOSTILE_NAME = '<script>alert("x")</script> **bold** [link](https://example.com) :red[x] $x$'
 GROUPS = {"sex": ("Female", "Male"), "race": ("Black", "White", "Other")}
 EPSILONS = (0.0, 0.01, 0.02, 0.05, 0.1)

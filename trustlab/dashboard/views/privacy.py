@@ -36,6 +36,12 @@ else:
     st.dataframe(table[["attack", "quantity", "value", "ci"]], hide_index=True,
                  column_config={"value": st.column_config.NumberColumn(format="%.4f")})
 
+by_group = m.privacy_by_group(frame)
+for (attack, feature), part in by_group.groupby(["attack", "feature"], sort=False):
+    st.plotly_chart(charts.bars_with_ci(part.assign(fpr="TPR @ FPR=" + part["fpr"]), "group",
+                                        f"{attack}: TPR at low FPR by {feature}", color="fpr"),
+                    key=f"group/{attack}/{feature}")
+
 st.subheader("Claimed vs empirical ε")
 eps = m.epsilons(frame)
 components.show_artifacts(report, placed["epsilon"])

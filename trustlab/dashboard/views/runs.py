@@ -34,7 +34,11 @@ for column in status_columns:
     table[column] = table[column].map(components.badge, na_action="ignore").fillna("not run")
 table = table.rename(columns=lambda c: c.removeprefix("auditor:"))
 metric_columns = [label for label, _, _ in data.KEY_METRICS if label in table.columns]
+auditor_columns = [c.removeprefix("auditor:") for c in status_columns[1:]]
+order = ["name", "dataset", "arch", "status", *metric_columns, "serious findings",
+         *auditor_columns, "created", "run_id"]
 st.dataframe(table, hide_index=True, height=min(38 + 35 * len(table), 600),
+             column_order=[c for c in order if c in table.columns],
              column_config={"run_id": st.column_config.TextColumn("run id"),
                             **{c: st.column_config.NumberColumn(format="%.3f")
                                for c in metric_columns}})
