@@ -86,3 +86,4 @@ def test_real_sweep_trains_privately(tmp_path):
     private = ReportStore(tmp_path / "store").load(result.points[0].run_id)
     assert private.subject["privacy"]["epsilon"] == pytest.approx(1.0, rel=0.05)
     assert all(p.values["accuracy"] is not None for p in result.points)
+    assert private.subject["training"]["energy"]["source"] in ("rapl", "nvml", "estimate")

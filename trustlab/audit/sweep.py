@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from trustlab.audit.cards import write_cards
+from trustlab.audit.energy import EnergyMeter
 from trustlab.audit.report import Report
 from trustlab.audit.runner import audit
 from trustlab.audit.scale import map_tasks
@@ -24,7 +25,7 @@ from trustlab.audit.store import ReportStore
 from trustlab.errors import ConfigError
 from trustlab.train.checkpoint import atomic_write_json
 from trustlab.train.subject import Subject
-from trustlab.train.trainer import TrainSettings, train
+from trustlab.train.trainer import TrainSettings, hardware, resolve_device, train
 from trustlab.train.zoo import arch_info
 
 # Each axis: the metric pattern, how several matches combine (worst case), better direction.
@@ -182,8 +183,10 @@ def train_and_audit(settings: SweepSettings, epsilon: float) -> tuple[dict, dict
     train_settings = TrainSettings(epochs=epochs, seed=settings.seed)
     holder: dict = {}
     wrap = None if math.isinf(epsilon) else _private_wrap(settings, epsilon, epochs, holder)
-    trained = train(settings.arch, settings.dataset, settings=train_settings, wrap=wrap,
-                    show_progress=False)
+    with EnergyMeter(hardware(resolve_device(train_settings.device))) as meter:
+        trained = train(settings.arch, settings.dataset, settings=train_settings, wrap=wrap,
+                        show_progress=False)
+    trained.meta["training"]["energy"] = meter.reading.to_dict()  # type: ignore[union-attr]
     if "optimizer" in holder:
         trained.meta["privacy"] = holder["optimizer"].privacy_facts(settings.delta).to_dict()
     name = f"{settings.dataset}-{settings.arch}-eps{epsilon:g}"
