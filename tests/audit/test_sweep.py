@@ -43,9 +43,11 @@ def test_summary_takes_the_worst_case_per_axis():
                         "robustness.fgsm.eps_0p25.robust_accuracy": 0.2,
                         "robustness.per_class.x.robust_accuracy": 0.1,  # not an attack
                         "robustness.clean_accuracy": 0.9,
-                        "privacy.lira.tpr_at_0.001_fpr": math.nan})
-    assert values == {"accuracy": 0.8, "fairness_gap": 0.3, "mia_tpr_at_0.1%_fpr": None,
-                      "robust_accuracy": 0.2}
+                        "privacy.lira.tpr_at_0.001_fpr": math.nan,
+                        "privacy.lira.tpr_at_0.01_fpr": 0.02, "privacy.rmia.tpr_at_0.01_fpr": 0.03,
+                        "privacy.rmia.tpr_at_0.1_fpr": 0.5})
+    assert values == {"accuracy": 0.8, "fairness_gap": 0.3, "mia_tpr_at_low_fpr": 0.03,
+                      "mia_fpr": 0.01, "robust_accuracy": 0.2}
 
 
 def test_pareto_front_matches_brute_force():
