@@ -66,8 +66,6 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from trustlab.audit.cards import write_cards
     from trustlab.audit.junit import write_junit
     from trustlab.audit.pipeline import run_spec
@@ -85,7 +83,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.summary:
         write_summary(gate, args.summary)
     write_cards(gate.report, store)
-    Console(stderr=True).print(markdown_summary(gate), markup=False, highlight=False)
+    sys.stderr.write(markdown_summary(gate))
     print(gate.report.run_id)
     return gate.exit_code
 
