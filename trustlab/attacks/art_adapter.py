@@ -89,6 +89,13 @@ def art_classifier(model: nn.Module, data: DataBundle, *, domain: InputDomain | 
     from art.estimators.classification import PyTorchClassifier
 
     domain = domain or input_domain(data)
+    with torch.no_grad():
+        width = model.eval()(torch.from_numpy(domain.lower[None].copy())).shape[-1]
+    if width != data.n_classes:
+        raise TrustlabError(f"{type(model).__name__} outputs {width} values per input but "
+                            f"{data.name} has {data.n_classes} classes: it is not a classifier "
+                            "(an autoencoder or regressor?), and ART's evasion attacks such as "
+                            "C&W need class logits")
     if data.modality == "image":
         clip = (float(domain.lower.min()), float(domain.upper.max()))
     else:
