@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trustlab.errors import TrustlabError
+from trustlab.errors import ConfigError, TrustlabError
 
 EXIT_OK, EXIT_POLICY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -21,6 +21,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     settings = TrainSettings(epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
                              batch_size=args.batch_size, optimizer=args.optimizer)
+    if args.dp and args.adv_train:
+        raise ConfigError("--dp and --adv-train cannot be combined: choose one")
     if args.dp:
         from trustlab.privacy.train import train_private
 
@@ -28,6 +30,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                 delta=args.delta, max_grad_norm=args.max_grad_norm,
                                 accountant=args.accountant, settings=settings, out=args.out,
                                 dataset_path=args.data_path)
+    elif args.adv_train:
+        from trustlab.attacks.defences import adversarial_training
+        from trustlab.train.data import load_dataset
+
+        data = load_dataset(args.dataset, seed=args.seed, path=args.data_path)
+        trained = train(args.arch, args.dataset, settings=settings, out=args.out, data=data,
+                        perturb=adversarial_training(data, eps=args.adv_eps,
+                                                     steps=args.adv_steps, seed=args.seed),
+                        extra_meta={"adversarial_training": {"method": "pgd", "norm": "inf",
+                                                             "eps": args.adv_eps,
+                                                             "steps": args.adv_steps}})
     else:
         trained = train(args.arch, args.dataset, settings=settings, out=args.out,
                         dataset_path=args.data_path)
@@ -154,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     private.add_argument("--delta", type=float, default=1e-5)
     private.add_argument("--max-grad-norm", type=float, default=1.0, help="clipping bound C")
     private.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    robust = train.add_argument_group("adversarial training (PGD, Madry et al.)")
+    robust.add_argument("--adv-train", action="store_true",
+                        help="train on L∞ PGD adversarial examples of every batch")
+    robust.add_argument("--adv-eps", type=float, default=0.1,
+                        help="L∞ radius (pixel units; tabular: standard deviations)")
+    robust.add_argument("--adv-steps", type=int, default=7, help="PGD steps per batch")
     train.set_defaults(handler=_cmd_train)
 
     demo = commands.add_parser("demo", help="train the reference zoo, audit it, fill the store")
