@@ -27,8 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from trustlab.dashboard import APP
-from trustlab.dashboard.data import INDEX, STORE_ENV
+from trustlab.dashboard import APP, STORE_ENV
+from trustlab.dashboard.data import INDEX
 
 TARGET_S = 2.0
 REPEATS = 5

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from trustlab.dashboard import APP
-from trustlab.dashboard.data import STORE_ENV
+from trustlab.dashboard import APP, STORE_ENV
 from trustlab.dashboard.sample import corrupt_report, make_sample_store
 
 

@@ -55,7 +55,8 @@ def test_detail_pages_show_the_runs_own_numbers(open_app, sample_store) -> None:
     privacy = next(r for r in report["results"] if r["auditor"] == "privacy")["metrics"]
     app = open_app(root, "privacy", run_ids[0])
     table = app.dataframe[0].value.set_index(["attack", "quantity"])
-    assert table.loc[("lira", "AUC"), "value"] == pytest.approx(privacy["privacy.lira.auc"]["value"])
+    assert table.loc[("lira", "AUC"), "value"] == \
+        pytest.approx(privacy["privacy.lira.auc"]["value"])
     assert table.loc[("lira", "TPR @ FPR=0.001"), "value"] == \
         pytest.approx(privacy["privacy.lira.tpr_at_0.001_fpr"]["value"])
     assert app.get("image"), "the inversion grid is not shown"
@@ -92,7 +93,8 @@ def test_compare_deltas_are_b_minus_a(open_app, sample_store) -> None:
     metrics = {}
     for run_id in run_ids[-2:]:
         report = json.loads((root / "runs" / run_id / "report.json").read_text())
-        metrics[run_id] = {k: v["value"] for r in report["results"] for k, v in r["metrics"].items()}
+        metrics[run_id] = {k: v["value"] for r in report["results"]
+                           for k, v in r["metrics"].items()}
     a, b = metrics[run_ids[-2]], metrics[run_ids[-1]]  # A defaults to the second newest run
     name = "performance.test_accuracy"
     assert table.loc[name, "delta"] == pytest.approx(b[name] - a[name])

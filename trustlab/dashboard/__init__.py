@@ -6,6 +6,7 @@ Reads the store only; never trains, attacks or imports torch at page load.
 from pathlib import Path
 
 APP = Path(__file__).with_name("app.py")
+STORE_ENV = "TRUSTLAB_DASHBOARD_STORE"  # how the launcher names the store; never set by a page
 # (file in views/ without .py = URL path, title, icon); the first is the landing page.
 PAGES = (("runs", "Runs", ":material/table_rows:"),
          ("fairness", "Fairness", ":material/balance:"),

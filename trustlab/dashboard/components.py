@@ -1,4 +1,4 @@
-"""UI pieces every page shares: the run picker, escaping, error cards, auditor sections, artifacts."""
+"""UI pieces every page shares: run picker, escaping, error cards, auditor sections, artifacts."""
 
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def error_card(run_id: str, message: str) -> None:
     st.error(f"**Run {escape(run_id)} cannot be shown: its report is unreadable.**  \n"
              f"{escape(message)}  \n"
              "Other runs are unaffected: pick another run in the sidebar. To repair this one, "
-             "re-run its audit (or restore `report.json`) and rebuild the index.", icon=":material/block:")
+             "re-run its audit (or restore `report.json`) and rebuild the index.",
+             icon=":material/block:")
 
 
 def auditor_results(report: Report, auditors: tuple[str, ...], what: str) -> list[AuditResult]:
@@ -171,7 +172,8 @@ def _artifact(root: Path, run_id: str, artifact: Artifact) -> None:
             st.caption(f"{caption} ({escape(artifact.kind)} artifact in the run folder, "
                        "not displayed)")
     except (*data.READ_ERRORS, json.JSONDecodeError) as exc:
-        st.warning(f"Artifact {escape(artifact.name)} cannot be shown: {escape(exc)}", icon=":material/warning:")
+        st.warning(f"Artifact {escape(artifact.name)} cannot be shown: {escape(exc)}",
+                   icon=":material/warning:")
 
 
 def _table(root: Path, run_id: str, artifact: Artifact, caption: str) -> None:

@@ -19,9 +19,9 @@ import pandas as pd
 import streamlit as st
 
 from trustlab.audit.report import Artifact, Report
+from trustlab.dashboard import STORE_ENV
 from trustlab.errors import TrustlabError
 
-STORE_ENV = "TRUSTLAB_DASHBOARD_STORE"  # set by trustlab.dashboard.launch, never by a page
 DEFAULT_STORE = "store"
 INDEX = "index.sqlite"  # the file name trustlab.audit.store writes
 MAX_ARTIFACT_BYTES = 20 * 2**20  # aggregates only: a larger file is not loaded into a page

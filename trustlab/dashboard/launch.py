@@ -11,8 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trustlab.dashboard import APP
-from trustlab.dashboard.data import STORE_ENV
+from trustlab.dashboard import APP, STORE_ENV
 from trustlab.errors import TrustlabError
 
 
@@ -38,9 +37,10 @@ def launch(store: str | Path = "store", port: int = 8501, address: str = "localh
     """Serve the dashboard for ``store`` at http://<address>:<port> until interrupted."""
     if not 1 <= port <= 65535:
         raise TrustlabError(f"--port must be between 1 and 65535, got {port}")
-    print(f"trustlab dashboard on http://{address}:{port} (store {Path(store).resolve()}); "
+    env = dashboard_env(store)
+    print(f"trustlab dashboard on http://{address}:{port} (store {env[STORE_ENV]}); "
           "Ctrl-C stops it", file=sys.stderr)
-    server = subprocess.Popen(streamlit_command(port, address), env=dashboard_env(store))
+    server = subprocess.Popen(streamlit_command(port, address), env=env)
     try:
         return server.wait()
     except KeyboardInterrupt:  # Ctrl-C reached Streamlit too; let it finish shutting down

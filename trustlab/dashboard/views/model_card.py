@@ -14,7 +14,8 @@ st.caption(f"Run {components.escape(run_id)}")
 cards = data.model_card(root, run_id)
 if not cards:
     st.info("No model card for this run yet: cards are generated next to the report as "
-            "card.md and card.html (`trustlab card`); reload once it exists.", icon=":material/info:")
+            "card.md and card.html (`trustlab card`); reload once it exists.",
+            icon=":material/info:")
     st.stop()
 
 buttons = st.columns(4)
