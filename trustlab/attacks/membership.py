@@ -164,8 +164,32 @@ def rmia_scores(target: np.ndarray, reference: np.ndarray, in_mask: np.ndarray |
         prior_x, prior_z = reference.mean(0), population_reference.mean(0)
     ratio_x = target / np.maximum(prior_x, EPS)
     ratio_z = np.sort(population_target / np.maximum(prior_z, EPS))
-    # fraction of z with ratio_x / ratio_z > γ, i.e. ratio_z < ratio_x / γ
-    return np.searchsorted(ratio_z, ratio_x / gamma, side="left") / len(ratio_z)
+    # fraction of z with ratio_x / ratio_z > γ, i.e. ratio_z < ratio_x / γ; ties (x beating every
+    # z) are broken by ratio_x itself, the limit of an ever larger population
+    fraction = np.searchsorted(ratio_z, ratio_x / gamma, side="left") / len(ratio_z)
+    return fraction + 1e-6 * (np.arctan(np.log(np.maximum(ratio_x, EPS))) / np.pi + 0.5)
+
+
+def reference_attack_scores(target_logits: np.ndarray, reference_logits: np.ndarray,
+                            in_mask: np.ndarray, y: np.ndarray,
+                            population_target_logits: np.ndarray | None = None,
+                            population_reference_logits: np.ndarray | None = None,
+                            population_y: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """LiRA (online and offline, fixed variance) and RMIA scores of a classifier's examples,
+    from the target's logits ``(n, classes)`` and the reference models' ``(M, n, classes)``.
+    RMIA is added when population points ``z`` (logits of both and their labels) are given."""
+    target_logits = check_logits(target_logits, y)
+    phi_target = logit_confidence(target_logits, y)
+    phi_reference = logit_confidence(reference_logits, y)
+    scores = {"lira": lira_scores(phi_target, phi_reference, in_mask, online=True),
+              "lira_offline": lira_scores(phi_target, phi_reference, in_mask, online=False)}
+    if population_target_logits is not None:
+        scores["rmia"] = rmia_scores(
+            np.exp(true_class_log_prob(target_logits, y)),
+            np.exp(true_class_log_prob(reference_logits, y)), in_mask,
+            np.exp(true_class_log_prob(population_target_logits, population_y)),
+            np.exp(true_class_log_prob(population_reference_logits, population_y)))
+    return scores
 
 
 def attack_features(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -182,14 +206,14 @@ def shadow_attack_scores(shadow_logits: np.ndarray, shadow_masks: np.ndarray,
                          y: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """Shokri et al.: train a classifier on shadow models' outputs (``(M, N, classes)`` on the
     population, ``shadow_masks`` (M, N) in/out) and apply it to the target's outputs."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble import RandomForestClassifier
 
     shadow_logits = np.asarray(shadow_logits)
     if shadow_logits.shape[:2] != shadow_masks.shape:
         raise DataError(f"shadow outputs {shadow_logits.shape[:2]} and masks "
                         f"{shadow_masks.shape} disagree")
     features = np.concatenate([attack_features(s, population_y) for s in shadow_logits])
-    attack = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed)
+    attack = RandomForestClassifier(n_estimators=100, min_samples_leaf=20, random_state=seed)
     attack.fit(features, np.asarray(shadow_masks, bool).ravel())
     return attack.predict_proba(attack_features(target_logits, y))[:, 1]
 

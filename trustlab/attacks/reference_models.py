@@ -150,9 +150,13 @@ def train_reference_models(arch: str, spec: InputSpec, X: np.ndarray, y: np.ndar
     dev = resolve_device(device)
     inputs, labels = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
     if batched:
-        params, buffers = _train_stacked(models, inputs, labels, schedule, recipe, task, dev,
-                                         show_progress)
-    else:
+        try:
+            params, buffers = _train_stacked(models, inputs, labels, schedule, recipe, task,
+                                             dev, show_progress)
+        except (RuntimeError, NotImplementedError):  # an op vmap cannot batch: one by one
+            models = [build_model(arch, spec, config) for _ in range(n_models)]
+            batched = False
+    if not batched:
         for m, model in enumerate(models):
             _train_single(model.to(dev), inputs, labels, schedule[:, m], recipe, task,
                           show_progress)

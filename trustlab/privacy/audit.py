@@ -207,12 +207,12 @@ def epsilon_lower_bound(scores: np.ndarray, included: np.ndarray, *, delta: floa
     m = len(scores)
     order = np.argsort(-scores, kind="stable")
     level = 1 - (1 - confidence) / len(guess_fractions)
-    best = EpsilonAudit(0.0, m, 0, 0, confidence, delta)
+    best = None
     for fraction in guess_fractions:
         k = max(int(fraction * m / 2), 1)
         correct = int(included[order[:k]].sum() + (~included[order[::-1][:k]]).sum())
         eps = epsilon_from_guesses(m, 2 * k, correct, delta, level)
-        if eps > best.epsilon:
+        if best is None or eps > best.epsilon:
             best = EpsilonAudit(eps, m, 2 * k, correct, confidence, delta)
     return best
 
