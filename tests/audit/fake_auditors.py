@@ -2,7 +2,7 @@
 
 They stand in for the real ones (fairness, robustness, privacy) so these tests depend only on
 the pipeline: a seeded estimate, a run counter, an auditor that blocks until released (for the
-SIGINT test) and one that raises.
+SIGINT test), one that interrupts the run and one that raises.
 """
 
 from __future__ import annotations
@@ -77,6 +77,25 @@ class BlockingAuditor:
 
 
 @register_auditor
+class InterruptedAuditor:
+    """Acts as Ctrl-C in the middle of the audit while ``params['block']`` exists."""
+
+    name = "fake_interrupted"
+
+    def applies_to(self, subject) -> bool:
+        return True
+
+    def run(self, subject, config: AuditConfig) -> AuditResult:
+        path, _ = config.artifact("partial.txt", "table")
+        path.write_text("half-written")
+        if Path(config.params["block"]).exists():
+            raise KeyboardInterrupt
+        result = AuditResult(self.name)
+        result.add_metric("value", 3.0)
+        return result
+
+
+@register_auditor
 class BrokenAuditor:
     name = "fake_broken"
 
@@ -87,4 +106,4 @@ class BrokenAuditor:
         raise RuntimeError("boom")
 
 
-FAKES = (SeededAuditor, CountingAuditor, BlockingAuditor, BrokenAuditor)
+FAKES = (SeededAuditor, CountingAuditor, BlockingAuditor, InterruptedAuditor, BrokenAuditor)

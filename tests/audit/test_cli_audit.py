@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import xmlschema
 import yaml
 
@@ -105,6 +106,7 @@ def test_malformed_spec_exits_2_naming_the_field(tmp_path):
     assert not list((tmp_path / "store").glob("runs/*"))
 
 
+@pytest.mark.slow  # two CLI runs; test_pipeline covers the interrupt in process
 def test_sigint_leaves_the_store_consistent_and_a_rerun_resumes(
         tmp_path, german_checkpoint):
     started, block, log = tmp_path / "started", tmp_path / "block", tmp_path / "log"

@@ -45,6 +45,23 @@ def test_finished_auditors_are_reused_and_artifacts_land_in_every_run(
     assert log.read_text() == "ran\nran\n"  # another seed is another cache key
 
 
+def test_an_interrupted_run_stores_nothing_and_the_rerun_resumes(tmp_path, fake_auditors,
+                                                                  german_checkpoint):
+    log, block = tmp_path / "log", tmp_path / "block"
+    block.touch()
+    spec = make_spec(german_checkpoint, f"  fake_counter: {{log: {log}}}\n"
+                                        f"  fake_interrupted: {{block: {block}}}")
+    store = ReportStore(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        run_spec(spec, store, show_progress=False)
+    assert store.list_runs() == [] and not list(store.runs_dir.glob("*/report.json"))
+    block.unlink()
+    gate = run_spec(spec, store, show_progress=False)
+    assert gate.cached == ["fake_counter"] and log.read_text() == "ran\n"
+    assert gate.report.metrics()["fake_interrupted.value"].value == 3.0
+    assert [r["run_id"] for r in store.list_runs()] == [gate.report.run_id]
+
+
 def test_same_spec_and_seed_give_the_same_metrics(tmp_path, fake_auditors,
                                                   german_checkpoint):
     spec = make_spec(german_checkpoint, "  performance: {}\n  fake_seeded: {}", extra="seed: 7")
