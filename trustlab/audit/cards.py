@@ -24,6 +24,7 @@ AUDIT_FAMILIES = {"fairness": "fairness (disaggregated error rates)",
                   "robustness": "adversarial robustness", "privacy": "membership inference",
                   "explain": "explanations"}
 WIDE_CI = 0.10
+MAX_LISTED = 8
 TASK_TYPES = {("tabular", "classification"): "tabular-classification",
               ("image", "classification"): "image-classification",
               ("tabular", "reconstruction"): "anomaly-detection"}
@@ -139,7 +140,9 @@ def caveats(report: Report) -> list[str]:
     wide = [n for n, m in report.metrics().items() if m.ci_low is not None and
             m.ci_high is not None and m.ci_high - m.ci_low > WIDE_CI]
     if wide:
-        notes.append(f"Imprecise estimates (95% CI wider than {WIDE_CI}): {', '.join(wide)}.")
+        more = f" and {len(wide) - MAX_LISTED} more" if len(wide) > MAX_LISTED else ""
+        notes.append(f"Imprecise estimates (95% CI wider than {WIDE_CI}): "
+                     f"{', '.join(wide[:MAX_LISTED])}{more}.")
     if report.provenance.get("tier") == "smoke":
         notes.append("Audited at the smoke tier (small samples for every push); release "
                      "decisions need the full tier.")
