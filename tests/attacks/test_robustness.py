@@ -84,3 +84,38 @@ def test_tabular_audit_reports_robustness_by_sensitive_group(adult_mlp):
     assert result.status == "passed", result.error
     assert any(k.startswith("robustness.by_group.sex.") for k in result.metrics)
     assert "robustness.pgd_linf.eps_0p25.robust_accuracy" in result.metrics
+
+
+def _pgd_accuracy(model, subject, eps=0.1):
+    from trustlab.attacks.art_adapter import input_domain
+    from trustlab.attacks.evasion import evaluate_attack, make_threat, pgd
+
+    test = subject.split("test")
+    threat = make_threat(input_domain(subject.data), eps)
+    X_adv = pgd(model, test.X, test.y, threat, steps=40)
+    return evaluate_attack(model, test.X, test.y, X_adv).robust_accuracy
+
+
+@pytest.mark.slow
+def test_adversarial_training_raises_pgd_accuracy_by_30_points(digits_cnn):
+    from trustlab.attacks.defences import adversarial_training
+    from trustlab.train.trainer import TrainSettings, train
+
+    data = digits_cnn.data
+    robust = train("cnn", "digits", data=data, settings=TrainSettings(epochs=15, seed=0),
+                   perturb=adversarial_training(data, eps=0.1, steps=7), show_progress=False)
+    gain = _pgd_accuracy(robust.model, digits_cnn) - _pgd_accuracy(digits_cnn.clean_model(),
+                                                                    digits_cnn)
+    assert gain >= 0.30, gain
+
+
+@pytest.mark.slow
+def test_masking_checks_catch_defensive_distillation(digits_cnn):
+    from trustlab.attacks.defences import defensive_distillation
+
+    student = defensive_distillation(digits_cnn.clean_model(), "cnn", digits_cnn.data,
+                                     temperature=100, epochs=10)
+    distilled = Subject("digits-cnn-distilled", student, digits_cnn.data, digits_cnn.meta)
+    result = _audit(distilled)
+    failed = [k for k, v in result.metrics.items() if k.startswith(MASKING) and v.value == 0.0]
+    assert failed, {k: v.value for k, v in result.metrics.items()}
