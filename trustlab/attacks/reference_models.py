@@ -121,7 +121,7 @@ class ReferenceModels:
 
     def model(self, index: int) -> nn.Module:
         """Model ``index`` as an ordinary module (a copy)."""
-        module = copy.deepcopy(self.base).cpu()
+        module = copy.deepcopy(self.base).to_empty(device="cpu")
         state = {k: v[index].detach().cpu() for k, v in {**self.params, **self.buffers}.items()}
         module.load_state_dict(state)
         return module.eval()
