@@ -13,6 +13,9 @@ import re
 
 import numpy as np
 
+from trustlab.attacks.attribute import attribute_columns, attribute_inference
+from trustlab.attacks.inversion import (image_grid, inversion_quality, miface,
+                                        regularised_inversion)
 from trustlab.attacks.membership import (art_blackbox_scores, art_classifier, check_disjoint,
                                          check_logits, confidence_scores, loss_scores,
                                          lira_scores, reconstruction_scores,
@@ -29,10 +32,13 @@ from trustlab.train.subject import Subject
 from trustlab.train.trainer import input_spec_for, training_rows
 
 # per tier: audit-set size per side, reference models (tabular / image), reference epochs cap
+# inversion: steps of the regularised inversion, MIFace iterations (0: skip)
 TIERS = {"smoke": {"samples": 400, "reference_models": 4, "image_reference_models": 0,
-                   "max_epochs": 10, "population_z": 500},
+                   "max_epochs": 10, "population_z": 500, "inversion_steps": 100,
+                   "miface_iter": 0},
          "full": {"samples": None, "reference_models": 16, "image_reference_models": 8,
-                  "max_epochs": None, "population_z": 2000}}
+                  "max_epochs": None, "population_z": 2000, "inversion_steps": 500,
+                  "miface_iter": 1000}}
 STRONGEST = "lira"
 EXPOSED = 20
 
@@ -87,6 +93,10 @@ class PrivacyAuditor:
         self._groups(result, scores[strongest], is_member, members, nonmembers, strongest)
         self._exposed(config, result, scores[strongest], is_member, rows, y, members, strongest)
         self._epsilon(subject, result, scores[strongest], is_member, strongest)
+        if subject.task == "classification" and subject.modality == "image":
+            self._inversion(subject, config, result, settings, seed)
+        if subject.task == "classification" and subject.modality == "tabular":
+            self._attributes(subject, result, members, seed)
         result.config = {"members": f"{len(members)} rows of split 'train'"
                                     + (" (class 0: the rows it trained on)"
                                        if subject.task == "reconstruction" else ""),
@@ -253,6 +263,60 @@ class PrivacyAuditor:
             result.add_finding("high", f"empirical ε̂ = {bound.epsilon:.3f} exceeds the claimed "
                                f"ε = {claimed:g}: the DP implementation has a bug or leaks",
                                f"{self.name}.empirical_epsilon")
+
+    # --- inversion and attribute inference ----------------------------------------------------
+
+    def _inversion(self, subject: Subject, config: AuditConfig, result: AuditResult,
+                   settings: dict, seed: int) -> None:
+        """Class representatives from the model, graded by a logistic regression trained on the
+        test split only (independent of the model and its training rows)."""
+        from sklearn.linear_model import LogisticRegression
+
+        test, train = subject.split("test"), subject.split("train")
+        n_classes, shape = subject.data.n_classes, tuple(subject.data.input_shape)
+        evaluator = LogisticRegression(max_iter=2000).fit(test.X.reshape(len(test), -1), test.y)
+        means = np.stack([train.X[train.y == k].mean(0) for k in range(n_classes)])
+        rows = {"class means (train)": means}
+        rows["regularised"] = regularised_inversion(subject.clean_model(), n_classes, shape,
+                                                    steps=int(settings["inversion_steps"]),
+                                                    seed=seed)
+        if settings["miface_iter"]:
+            low, high = subject.data.value_range
+            classifier = art_classifier(subject.clean_model(), shape, n_classes, (low, high))
+            rows["miface"] = miface(classifier, n_classes, shape,
+                                    max_iter=int(settings["miface_iter"]))
+        for method, images in list(rows.items())[1:]:
+            quality = inversion_quality(evaluator.predict, images, means)
+            result.add_metric(f"inversion.{method}.eval_accuracy", quality.eval_accuracy)
+            result.add_metric(f"inversion.{method}.distance_to_class_mean",
+                              quality.mean_distance)
+            result.add_metric(f"inversion.{method}.grey_distance_to_class_mean",
+                              quality.baseline_distance)
+        path, artifact = config.artifact("inversion.png", "image",
+                                         "rows: true class means, then each inversion's "
+                                         "reconstruction of every class")
+        image_grid(rows, path)
+        result.artifacts.append(artifact)
+
+    def _attributes(self, subject: Subject, result: AuditResult, members: Split,
+                    seed: int) -> None:
+        classifier = art_classifier(subject.clean_model(), tuple(subject.data.input_shape),
+                                    subject.data.n_classes)
+        for attribute in subject.data.features.sensitive:
+            if attribute not in subject.data.features.groups:
+                continue
+            leak = attribute_inference(classifier, members.X, members.y,
+                                       attribute_columns(subject.data.features.groups,
+                                                         attribute), attribute, seed=seed)
+            part = _metric_part(attribute)
+            result.add_metric(f"attribute.{part}.attack_accuracy", leak.attack_accuracy)
+            result.add_metric(f"attribute.{part}.baseline_accuracy", leak.baseline_accuracy)
+            result.add_metric(f"attribute.{part}.advantage", leak.advantage)
+            if leak.advantage > 0.05:
+                result.add_finding("medium", f"the model's outputs raise the accuracy of "
+                                   f"guessing {attribute} from {leak.baseline_accuracy:.1%} to "
+                                   f"{leak.attack_accuracy:.1%}",
+                                   f"{self.name}.attribute.{part}.advantage")
 
 
 def _take(split: Split, index: np.ndarray) -> Split:
