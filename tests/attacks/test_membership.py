@@ -125,3 +125,18 @@ def test_privacy_auditor_rejects_overlapping_splits(adult_mlp) -> None:
     leaky = dataclasses.replace(adult_mlp, data=dataclasses.replace(data, splits=splits))
     result = audit(leaky, auditors=["privacy"], show_progress=False).results[0]
     assert result.status == "errored" and "both members and non-members" in result.error
+
+
+def test_privacy_auditor_on_autoencoder_uses_reconstruction_error(tmp_path) -> None:
+    from trustlab.train.subject import Subject
+    from trustlab.train.trainer import TrainSettings, train
+
+    trained = train("autoencoder", "adult", settings=TrainSettings(epochs=2, seed=0),
+                    show_progress=False)
+    subject = Subject.from_trained(trained, "adult-autoencoder")
+    result = audit(subject, auditors=["privacy"], show_progress=False,
+                   params={"privacy": {"samples": 200}}).results[0]
+    assert result.status == "passed", result.error
+    assert {"privacy.reconstruction_threshold.auc", "privacy.lira.auc"} <= set(result.metrics)
+    assert "privacy.art_blackbox.auc" not in result.metrics  # no class probabilities
+    assert "class 0" in result.config["members"]
