@@ -118,7 +118,10 @@ def attribution_sensitivity(explain: Callable[..., torch.Tensor], inputs: torch.
     """Captum's ``sensitivity_max``: the largest change of the explanation within ``radius``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        values = sensitivity_max(explain, inputs, target=target, perturb_radius=radius,
+        # Captum tuplizes the perturbed explanations but not the unperturbed one: give tuples
+        values = sensitivity_max(lambda x, **kw: (explain(x[0] if isinstance(x, tuple) else x,
+                                                          **kw),),
+                                 inputs, target=target, perturb_radius=radius,
                                  n_perturb_samples=n_perturb_samples)
     return values.detach().numpy()
 

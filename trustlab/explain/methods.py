@@ -242,9 +242,9 @@ register_method(MethodInfo("Occlusion", PERTURBATION, lambda m, f: Occlusion(m),
 register_method(MethodInfo("KernelShap", PERTURBATION, lambda m, f: KernelShap(m),
                            lambda f: f.modality == "tabular", "KernelShap is offered for tabular "
                            "data (pass feature_mask to fold one-hot columns)",
-                           defaults={"any": {"n_samples": 200}}, batch_kw="perturbations_per_eval",
+                           defaults={"any": {"n_samples": 100}}, batch_kw="perturbations_per_eval",
                            stochastic=True))
 register_method(MethodInfo("Lime", PERTURBATION, lambda m, f: Lime(m),
                            lambda f: f.modality == "tabular", "Lime is offered for tabular data",
-                           defaults={"any": {"n_samples": 200}}, batch_kw="perturbations_per_eval",
+                           defaults={"any": {"n_samples": 100}}, batch_kw="perturbations_per_eval",
                            stochastic=True))
