@@ -14,7 +14,8 @@ from trustlab.audit.report import Report
 from trustlab.audit.runner import audit
 from trustlab.audit.store import ReportStore
 from trustlab.train.subject import Subject
-from trustlab.train.trainer import TrainSettings, train
+from trustlab.privacy.train import train_private
+from trustlab.train.trainer import TrainedModel, TrainSettings, train
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,19 @@ class ZooEntry:
     name: str
     arch: str
     dataset: str
+    dp_epsilon: float | None = None  # train with DP-SGD at this ε (δ = 1e-5)
+
+    def train(self, settings: TrainSettings, out: Path | None, show_progress: bool) -> TrainedModel:
+        if self.dp_epsilon is None:
+            return train(self.arch, self.dataset, settings=settings, out=out,
+                         show_progress=show_progress)
+        return train_private(self.arch, self.dataset, target_epsilon=self.dp_epsilon,
+                             settings=settings, out=out, show_progress=show_progress)
 
 
 REFERENCE_ZOO = (
     ZooEntry("adult-mlp", "mlp", "adult"),
+    ZooEntry("adult-mlp-dp", "mlp", "adult", dp_epsilon=3.0),
     ZooEntry("adult-ft_transformer", "ft_transformer", "adult"),
     ZooEntry("adult-autoencoder", "autoencoder", "adult"),
     ZooEntry("compas-mlp", "mlp", "compas"),
@@ -35,7 +45,7 @@ REFERENCE_ZOO = (
     ZooEntry("digits-gru", "gru", "digits"),
     ZooEntry("digits-vit", "vit", "digits"),
 )
-QUICK_ZOO = (REFERENCE_ZOO[0], REFERENCE_ZOO[5])  # one tabular, one image model
+QUICK_ZOO = (REFERENCE_ZOO[0], REFERENCE_ZOO[6])  # one tabular, one image model
 QUICK_EPOCHS = 2
 
 
@@ -52,11 +62,11 @@ def run_demo(store_dir: str | Path = "store", *, quick: bool = False, seed: int 
     reports = []
     for entry in QUICK_ZOO if quick else REFERENCE_ZOO:
         started = time.perf_counter()
-        console.print(f"[bold]{entry.name}[/]: training {entry.arch} on {entry.dataset}")
+        private = f" with DP-SGD at ε={entry.dp_epsilon}" if entry.dp_epsilon else ""
+        console.print(f"[bold]{entry.name}[/]: training {entry.arch} on {entry.dataset}{private}")
         settings = TrainSettings(seed=seed, epochs=QUICK_EPOCHS if quick else None)
         checkpoint = store.root / "models" / entry.name
-        trained = train(entry.arch, entry.dataset, settings=settings, out=checkpoint,
-                        show_progress=show_progress)
+        trained = entry.train(settings, checkpoint, show_progress)
         subject = Subject.from_trained(trained, entry.name, checkpoint)
         report = audit(subject, auditors=auditors, tier="smoke", seed=seed, store=store,
                        show_progress=show_progress)
