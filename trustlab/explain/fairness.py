@@ -18,7 +18,7 @@ from trustlab.stats import bootstrap_ci
 from trustlab.train.data import DataBundle
 
 
-def proxy_strength(data: DataBundle, attribute: str, *, max_rows: int = 4000,
+def proxy_strength(data: DataBundle, attribute: str, *, max_rows: int = 2000,
                    seed: int = 0) -> dict[str, float]:
     """For every non-sensitive original feature, the held-out AUC (one-vs-rest macro for more
     than two groups) of predicting ``attribute`` from that feature alone."""

@@ -18,6 +18,7 @@ from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 
 from trustlab.errors import ConfigError
+from trustlab.explain.methods import seeded
 
 
 @dataclass
@@ -105,8 +106,7 @@ def attribution_infidelity(model: nn.Module, inputs: torch.Tensor, attributions:
                            target: torch.Tensor, *, scale: float = 0.1,
                            n_perturb_samples: int = 10, seed: int = 0) -> np.ndarray:
     """Captum's ``infidelity`` (normalised, so methods of different scale compare), per example."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         values = infidelity(model, gaussian_perturbation(scale), inputs, attributions,
                             target=target, n_perturb_samples=n_perturb_samples, normalize=True)
     return values.detach().numpy()
@@ -116,8 +116,7 @@ def attribution_sensitivity(explain: Callable[..., torch.Tensor], inputs: torch.
                             target: torch.Tensor, *, radius: float = 0.02,
                             n_perturb_samples: int = 5, seed: int = 0) -> np.ndarray:
     """Captum's ``sensitivity_max``: the largest change of the explanation within ``radius``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         # Captum tuplizes the perturbed explanations but not the unperturbed one: give tuples
         values = sensitivity_max(lambda x, **kw: (explain(x[0] if isinstance(x, tuple) else x,
                                                           **kw),),

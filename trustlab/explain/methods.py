@@ -10,9 +10,11 @@ methods only.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from captum.attr import (DeepLift, GradientShap, InputXGradient, IntegratedGradients,
                          KernelShap, LayerAttribution, LayerGradCam, Lime, NoiseTunnel, Occlusion,
@@ -155,6 +157,20 @@ class Explainer:
                 call["baselines"] = _slice_baselines(baselines, part, len(inputs))
             chunks.append(self._captum.attribute(inputs[part], **call).detach())
         return torch.cat(chunks)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's and numpy's global generators (Captum samples from both: GradientShap picks
+    baselines with numpy), restoring both afterwards."""
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
 
 
 def predicted_target(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

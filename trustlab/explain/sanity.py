@@ -18,6 +18,7 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from trustlab.explain.methods import seeded
 from trustlab.train.data import DataBundle, Split
 from trustlab.train.trainer import TrainSettings, fit
 
@@ -105,8 +106,7 @@ def repeatability(explain: ExplainFn, model: nn.Module, inputs: torch.Tensor,
     """Per-example rank correlation between two runs with different random seeds."""
     runs = []
     for offset in (0, 1):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + offset)
+        with seeded(seed + offset):
             runs.append(explain(model, inputs, target))
     return rank_correlation(*runs)
 

@@ -19,6 +19,7 @@ from scipy.stats import ttest_ind
 from torch import nn
 
 from trustlab.errors import ConfigError
+from trustlab.explain.methods import seeded
 from trustlab.train.data import DataBundle
 
 
@@ -92,7 +93,7 @@ def random_sets(data: DataBundle, count: int, *, size: int = 64, seed: int = 0) 
 
 def tcav_scores(model: nn.Module, inputs: torch.Tensor, target: int,
                 concepts: dict[str, np.ndarray], randoms: list[np.ndarray], *,
-                layer: str | None = None) -> list[ConceptScore]:
+                layer: str | None = None, seed: int = 0) -> list[ConceptScore]:
     """TCAV score of each concept for class ``target`` with its significance (two-sided t-test of
     concept-vs-random against random-vs-random scores, over ``len(randoms) − 1`` pairs)."""
     if len(randoms) < 3:
@@ -104,8 +105,7 @@ def tcav_scores(model: nn.Module, inputs: torch.Tensor, target: int,
     sets = [[c, r] for c in named for r in rand[1:]] + [[rand[0], r] for r in rand[1:]]
     with tempfile.TemporaryDirectory(prefix="trustlab-tcav-") as folder:
         tcav = TCAV(model, layers=[layer], save_path=folder + "/")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded(seed):
             raw = tcav.interpret(inputs, experimental_sets=sets, target=target)
     score = {key: float(value[layer]["sign_count"][0]) for key, value in raw.items()}
 

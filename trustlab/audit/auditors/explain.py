@@ -26,13 +26,14 @@ from trustlab.errors import ConfigError
 from trustlab.explain import (Explainer, adaptive_integrated_gradients, feature_mask,
                               fold_groups, global_importance, method_info, methods_for,
                               model_facts, predicted_target)
+from trustlab.explain.methods import PERTURBATION, seeded
 from trustlab.explain.fairness import proxy_strength, sensitive_reliance
 from trustlab.explain.faithfulness import (Curves, attribution_infidelity,
                                            attribution_sensitivity, deletion_insertion,
                                            random_attributions, rank_methods)
 from trustlab.explain.plots import faithfulness_curves, heatmap_grid, importance_bars, local_bars
 from trustlab.explain.sanity import data_randomisation, parameter_randomisation, repeatability
-from trustlab.explain.tcav import data_concepts, random_sets, tcav_scores
+from trustlab.explain.tcav import data_concepts, default_layer, random_sets, tcav_scores
 from trustlab.stats import bootstrap_ci
 from trustlab.train.progress import progress_bar
 from trustlab.train.subject import Subject
@@ -43,7 +44,8 @@ DEFAULTS = {
     "n_examples": {"smoke": 16, "full": 48},  # explained rows (IG, methods, faithfulness)
     "methods": {"smoke": ["Saliency", "IntegratedGradients", "AttentionRollout"], "full": None},
     "completeness_tol": 1e-2,
-    "cascade_stages": {"smoke": 1, "full": 5},  # 1 = fully randomised only
+    # cascade points (1 = fully randomised only); perturbation methods get the last point only
+    "cascade_stages": {"smoke": 1, "full": 5},
     "cascade_examples": {"smoke": 16, "full": 16},
     "metric_examples": {"smoke": 0, "full": 8},  # infidelity / sensitivity_max (0 = skip)
     "deletion_steps": 16,
@@ -51,7 +53,7 @@ DEFAULTS = {
     "tcav_examples": 64,
     "data_randomisation_max_rows": {"smoke": 0, "full": 2000},  # train rows; 0 = skip
     "data_randomisation_epochs": 8,
-    "fairness_examples": {"smoke": 64, "full": 256},
+    "fairness_examples": {"smoke": 64, "full": 128},
     "max_random_correlation": 0.5,
     "max_sensitive_share": 0.05,
     "max_proxy_share": 0.25,
@@ -152,7 +154,8 @@ class ExplainAuditor:
             for stage, work in stages:
                 started = time.perf_counter()
                 try:
-                    work()
+                    with seeded(config.seed):
+                        work()
                 except Exception as exc:  # noqa: BLE001 - one failed stage must not stop the rest
                     result.add_metric(f"{stage}.errored", 1.0)
                     result.add_finding("medium", f"explain stage {stage!r} failed: "
@@ -226,8 +229,9 @@ class ExplainAuditor:
         table = {}
         for method in setup.methods:
             explain = setup.explain_fn(method)
+            stages = 1 if method_info(method).kind == PERTURBATION else p["cascade_stages"]
             cascade = parameter_randomisation(explain, setup.model, inputs, target,
-                                              max_stages=p["cascade_stages"], seed=config.seed)
+                                              max_stages=stages, seed=config.seed)
             final = cascade.spearman[-1]
             ci = bootstrap_ci(lambda idx: final[idx].mean(axis=1), len(final),
                               n_resamples=p["n_resamples"], seed=config.seed)
@@ -297,6 +301,8 @@ class ExplainAuditor:
         for method, attr in attributions.items():
             result.add_metric(f"{method}.infidelity", float(attribution_infidelity(
                 setup.model, inputs, attr[:n], target, seed=config.seed).mean()))
+            if method_info(method).stochastic:
+                continue  # a sampled method's sensitivity would measure its sampling noise
             explain = setup.explain_fn(method)
             result.add_metric(f"{method}.sensitivity_max", float(attribution_sensitivity(
                 lambda x, target: explain(setup.model, x, target), inputs, target,
@@ -304,13 +310,18 @@ class ExplainAuditor:
 
     def _tcav(self, subject: Subject, setup: Setup, result: AuditResult, seed: int) -> None:
         p = setup.params
+        try:
+            layer = default_layer(setup.model)
+        except ConfigError as exc:
+            result.add_finding("info", f"TCAV skipped: {exc}")
+            return
         concepts = data_concepts(subject.data, seed=seed)
         randoms = random_sets(subject.data, p["tcav_random_sets"], seed=seed)
         split = subject.split(p["split"])
         target = int(np.bincount(setup.target.numpy()).argmax())
         rows = np.flatnonzero(split.y == target)[:p["tcav_examples"]]
         scores = tcav_scores(setup.model, torch.from_numpy(split.X[rows]), target, concepts,
-                             randoms)
+                             randoms, layer=layer, seed=seed)
         for s in scores:
             key = f"tcav.{metric_label(s.concept)}"
             result.add_metric(f"{key}.score", s.mean)
