@@ -25,15 +25,25 @@ def scale_accumulate(per_sample: Tensor, weights: Tensor) -> Tensor:
     return weights.to(per_sample.dtype) @ per_sample
 
 
-def noisy_write(summed: Tensor, std: float, denominator: float,
-                generator: torch.Generator | None) -> Tensor:
-    """``(summed + N(0, std^2)) / denominator``: noise added once, in the final write."""
-    if use_triton(summed):
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
-        return triton_noisy_write(summed, std, denominator, seed)
-    noise = torch.normal(0.0, std, summed.shape, generator=generator, device=summed.device,
-                         dtype=summed.dtype) if std > 0 else 0.0
-    return (summed + noise) / denominator
+def noisy_write(sums: list[Tensor], std: float, denominator: float,
+                generator: torch.Generator | None) -> list[Tensor]:
+    """``(s + N(0, std^2)) / denominator`` for every tensor: noise added once, in the final
+    write. The torch path draws all the noise in one call and writes with two foreach ops."""
+    if not sums:
+        return []
+    if use_triton(sums[0]):
+        seeds = torch.randint(0, 2**31 - 1, (len(sums),), generator=generator,
+                              device=sums[0].device).tolist()
+        return [triton_noisy_write(s, std, denominator, seed) for s, seed in zip(sums, seeds)]
+    if std > 0:
+        flat = torch.randn(sum(s.numel() for s in sums), generator=generator,
+                           device=sums[0].device, dtype=sums[0].dtype)
+        noise = [n.view_as(s) for n, s in zip(flat.split([s.numel() for s in sums]), sums)]
+        out = torch._foreach_add(sums, noise, alpha=std)
+    else:
+        out = [s.clone() for s in sums]
+    torch._foreach_div_(out, denominator)
+    return out
 
 
 @functools.cache

@@ -45,10 +45,15 @@ def choose_mode(batch: int, seq: int, p: int, d: int) -> str:
 # --- torch reference path ----------------------------------------------------------------
 
 
+def row_sq_norms(x: Tensor) -> Tensor:
+    """``||x_i||^2`` over all but the first dim, as one reduction (no squared temporary)."""
+    return torch.linalg.vector_norm(x.flatten(1), dim=1).square()
+
+
 def ghost_sq_norms(a: Tensor, g: Tensor) -> Tensor:
     """``||g_i^T a_i||_F^2`` for every sample without forming ``g_i^T a_i``."""
     if a.shape[1] == 1:
-        return a.square().sum((1, 2)) * g.square().sum((1, 2))
+        return row_sq_norms(a) * row_sq_norms(g)
     return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
 
 
@@ -66,9 +71,13 @@ def direct_sq_norms(a: Tensor, g: Tensor) -> Tensor:
 
 
 def weighted_weight_sum(a: Tensor, g: Tensor, weights: Tensor) -> Tensor:
-    """``sum_i w_i g_i^T a_i`` as one GEMM on rescaled output gradients."""
-    gw = g * weights[:, None, None]
-    return gw.reshape(-1, g.shape[2]).t() @ a.reshape(-1, a.shape[2])
+    """``sum_i w_i g_i^T a_i`` as one GEMM, rescaling whichever of ``a``/``g`` is smaller."""
+    w = weights.to(g.dtype)[:, None, None]
+    if g.shape[2] <= a.shape[2]:
+        g = g * w
+    else:
+        a = a * w
+    return g.reshape(-1, g.shape[2]).t() @ a.reshape(-1, a.shape[2])
 
 
 # --- Triton path (kernels defined on first use, so TRITON_INTERPRET set later still applies) -
@@ -201,14 +210,20 @@ class LinearKernel(LayerKernel):
 
     def sq_norms(self, layer: nn.Linear, records: list[Record]) -> tuple[Tensor, Any]:
         a, g = linear_records(records)
-        total = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
+        has_weight = layer.weight.requires_grad
+        has_bias = layer.bias is not None and layer.bias.requires_grad
         kept = None
-        if layer.weight.requires_grad:
+        if g.shape[1] == 1:  # non-sequence input: ||G_i||^2 = ||a_i||^2 ||g_i||^2, bias ||g_i||^2
+            g_sq = row_sq_norms(g)
+            total = g_sq * ((row_sq_norms(a) if has_weight else 0.0) + (1.0 if has_bias else 0.0))
+            return total, (a, g, kept)
+        total = None
+        if has_weight:
             mode = choose_mode(g.shape[0], g.shape[1], a.shape[2], g.shape[2])
-            norms, kept = sq_norms(a, g, mode)
-            total += norms
-        if layer.bias is not None and layer.bias.requires_grad:
-            total += g.sum(1).square().sum(1)  # ||sum_t g_t||^2, not sum_t ||g_t||^2
+            total, kept = sq_norms(a, g, mode)
+        if has_bias:  # ||sum_t g_t||^2, not sum_t ||g_t||^2
+            bias_sq = row_sq_norms(g.sum(1))
+            total = bias_sq if total is None else total + bias_sq
         return total, (a, g, kept)
 
     def clipped_sum(self, layer: nn.Linear, records: list[Record], state: Any,
@@ -218,7 +233,8 @@ class LinearKernel(LayerKernel):
         if layer.weight.requires_grad:
             out["weight"] = weight_sum(a, g, kept, weights)
         if layer.bias is not None and layer.bias.requires_grad:
-            out["bias"] = weights @ g.sum(1)
+            g_rows = g[:, 0] if g.shape[1] == 1 else g.sum(1)
+            out["bias"] = weights.to(g.dtype) @ g_rows
         return out
 
     def per_sample_grads(self, layer: nn.Linear, records: list[Record]) -> dict[str, Tensor]:

@@ -109,8 +109,7 @@ class GradSampleTracker:
         if batch == 0:  # an empty Poisson batch contributes nothing; step() still adds noise
             return
         scale = float(batch) if self.loss_reduction == "mean" else 1.0
-        first = next(iter(pending.values()))[0].g
-        norms = torch.zeros(batch, dtype=first.dtype, device=first.device)
+        layer_norms: dict[nn.Module | None, Tensor] = {}
         states: dict[nn.Module, Any] = {}
         shared: dict[Tensor, Tensor] = {}
         for layer, recs in pending.items():
@@ -120,13 +119,11 @@ class GradSampleTracker:
                     p = getattr(layer, name)
                     shared[p] = grads + shared[p] if p in shared else grads
             else:
-                layer_norms, states[layer] = kernel.sq_norms(layer, recs)
-                self._check_finite(layer_norms, layer)
-                norms += layer_norms
-        for grads in shared.values():
-            norms += grads.flatten(1).square().sum(1)
-        norms *= scale ** 2
-        self._check_finite(norms, None)
+                layer_norms[layer], states[layer] = kernel.sq_norms(layer, recs)
+        for p, grads in shared.items():
+            layer_norms[None] = layer_norms.get(None, 0.0) + grads.flatten(1).square().sum(1)
+        norms = torch.stack(list(layer_norms.values())).sum(0) * scale ** 2
+        self._check_finite(norms, layer_norms)
         self.last_sq_norms = norms
         weights = clip_factors(norms, self.max_grad_norm) * scale
         for layer, state in states.items():
@@ -137,14 +134,18 @@ class GradSampleTracker:
             self._add(p, scale_accumulate(grads.flatten(1), weights).view_as(p))
         self.samples += batch
 
-    def _check_finite(self, norms: Tensor, layer: nn.Module | None) -> None:
-        if not torch.isfinite(norms).all():
-            where = f"layer {self.layers[layer]!r}" if layer is not None else "the model"
-            bad = (~torch.isfinite(norms)).nonzero().flatten()[:5].tolist()
-            raise TrustlabError(
-                f"non-finite per-sample gradient in {where} for samples {bad}: the loss or an "
-                "activation is NaN/inf. No update was applied; lower the learning rate, check "
-                "the inputs, or clamp the loss")
+    def _check_finite(self, norms: Tensor, layer_norms: dict[nn.Module | None, Tensor]) -> None:
+        """One check on the summed norms (NaN/inf propagate); name the layer only on failure."""
+        if bool(torch.isfinite(norms).all()):
+            return
+        where = next((f"layer {self.layers[layer]!r}" if layer is not None else "a shared "
+                      "parameter" for layer, n in layer_norms.items()
+                      if not bool(torch.isfinite(n).all())), "the model")
+        bad = (~torch.isfinite(norms)).nonzero().flatten()[:5].tolist()
+        raise TrustlabError(
+            f"non-finite per-sample gradient in {where} for samples {bad}: the loss or an "
+            "activation is NaN/inf. No update was applied; lower the learning rate, check "
+            "the inputs, or clamp the loss")
 
     def _add(self, p: Tensor, grad: Tensor) -> None:
         grad = grad.to(p.dtype)
@@ -216,8 +217,9 @@ class DPOptimizer(torch.optim.Optimizer):
         if self.reduce is not None:
             sums = self.reduce(sums)
         std = self.noise_multiplier * self.max_grad_norm
-        for p, s in zip(params, sums):
-            p.grad = noisy_write(s, std, self.expected_batch_size, self.generator).to(p.dtype)
+        for p, grad in zip(params, noisy_write(sums, std, self.expected_batch_size,
+                                               self.generator)):
+            p.grad = grad
         self.tracker.reset()
         self.original_optimizer.step()
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
