@@ -1,6 +1,7 @@
 """Time one full DP-SGD optimizer step: non-private vs Opacus (hooks, ghost) vs trustlab.
 
-    python benchmarks/dp_step.py [--device cpu|cuda] [--batch 128 512] [--rounds 15] [--json FILE]
+    python benchmarks/dp_step.py [--device cpu|cuda] [--batch 128 512] [--rounds 15] [--threads N]
+                                 [--json FILE]
 
 Methods are interleaved round by round and the median step time is reported, so load from
 other processes hits all methods alike. Peak memory is the step's high-water mark above the
@@ -161,7 +162,11 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[128, 512])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", help="write the records to this file")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; "
+                        "1 gives stable ratios on a loaded machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"# {datetime.date.today()} device={args.device} torch={torch.__version__} "
           f"threads={torch.get_num_threads()}")

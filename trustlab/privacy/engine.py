@@ -122,7 +122,7 @@ class GradSampleTracker:
                 layer_norms[layer], states[layer] = kernel.sq_norms(layer, recs)
         for p, grads in shared.items():
             layer_norms[None] = layer_norms.get(None, 0.0) + grads.flatten(1).square().sum(1)
-        norms = torch.stack(list(layer_norms.values())).sum(0) * scale ** 2
+        norms = sum(layer_norms.values()) * scale ** 2
         self._check_finite(norms, layer_norms)
         self.last_sq_norms = norms
         weights = clip_factors(norms, self.max_grad_norm) * scale
