@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from trustlab.privacy.train import train_private
 
@@ -17,23 +18,32 @@ def main() -> None:
     parser.add_argument("--eps", nargs="+", type=float, default=[0.5, 1.0, 3.0, 8.0])
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--plot", help="write PATH.html and PATH.png")
+    parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args()
     results = []
     for run in args.runs:
         arch, dataset = run.split(":")
         for eps in args.eps:
+            start = time.perf_counter()
             trained = train_private(arch, dataset, target_epsilon=eps, delta=args.delta,
                                     noise_seed=0, show_progress=False)
             row = {"arch": arch, "dataset": dataset, "target_epsilon": eps,
                    "epsilon": trained.meta["privacy"]["epsilon"],
                    "sigma": trained.meta["privacy"]["noise_multiplier"],
-                   "test_accuracy": trained.meta["metrics"]["test_accuracy"]}
+                   "steps": trained.meta["privacy"]["steps"],
+                   "test_accuracy": trained.meta["metrics"]["test_accuracy"],
+                   "wall_s": round(time.perf_counter() - start, 1)}
             results.append(row)
             print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
     if args.plot:
         import plotly.express as px
 
-        fig = px.line(results, x="target_epsilon", y="test_accuracy", color="dataset",
+        for row in results:
+            row["model"] = f"{row['arch']} on {row['dataset']}"
+        fig = px.line(results, x="target_epsilon", y="test_accuracy", color="model",
                       markers=True, log_x=True, title="DP-SGD privacy–utility (δ = 1e-5)",
                       labels={"target_epsilon": "ε", "test_accuracy": "test accuracy"})
         fig.write_html(f"{args.plot}.html")
