@@ -5,8 +5,9 @@
 
 Methods are interleaved round by round and the median step time is reported, so load from
 other processes hits all methods alike. Peak memory is the step's high-water mark above the
-memory held before it (CUDA: max_memory_allocated; CPU: the rise of the process's resident
-high-water mark VmHWM over one step, approximate since the allocator may reuse cached blocks).
+memory held before it (CUDA: max_memory_allocated; CPU: the peak of the running sum of
+torch.profiler's per-op allocations and frees, in time order; an op's temporaries freed inside
+it are not seen).
 """
 
 from __future__ import annotations
@@ -98,11 +99,6 @@ def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     return step
 
 
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
-
-
 def peak_memory(step: Callable[[], None], device: str) -> int:
     """Bytes the step needs above what is held before it."""
     if device == "cuda":
@@ -112,11 +108,16 @@ def peak_memory(step: Callable[[], None], device: str) -> int:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM
-    base = _rss("VmRSS")
-    step()
-    return _rss("VmHWM") - base
+    # CPU: replay the profiler's allocation/free events (each op's self usage, in time order)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    held = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        held += event.self_cpu_memory_usage
+        peak = max(peak, held)
+    return peak
 
 
 def run(models: list[str], batches: list[int], rounds: int, device: str) -> list[dict]:

@@ -3,8 +3,8 @@
 Folding the batch into the channel groups (input (1, B·C, ...), output grads (1, B·out, ...),
 B·G groups) makes ATen's weight-gradient kernel return every sample's gradient at once
 (B, out, C/G, k...), at the FLOP count of the batched weight gradient and without an im2col
-copy of the input. They are kept when small (the clipped sum is then ``sum_i c_i G_i``), else
-reduced to norms and the clipped sum is one weight-gradient call on rescaled output gradients.
+copy of the input (folds of at most ``FOLD_CHUNK`` samples: larger ones run slower on CPU).
+They are kept when small (the clipped sum is then ``sum_i c_i G_i``), else reduced to norms and the clipped sum is one weight-gradient call on rescaled output gradients.
 """
 
 from __future__ import annotations
@@ -76,15 +76,19 @@ def _explicit_padding(layer: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, .
     return x, tuple(layer.padding)
 
 
-def per_sample_weight_grads(records: list[Record]) -> Tensor:
-    """(B, out, C/G, k...) per-sample weight gradients, summed over the layer's calls."""
-    total = None
+FOLD_CHUNK = 128  # samples folded into one grouped call: larger folds run slower on CPU
+
+
+def per_sample_weight_grads(records: list[Record]) -> list[Tensor]:
+    """Per-sample weight gradients, summed over the layer's calls, as (b, out, C/G, k...)
+    chunks of at most ``FOLD_CHUNK`` samples each (in batch order)."""
+    chunks: list[Tensor] = []
     for r in records:
-        batch = r.a.shape[0]
-        grads = _conv_backward(r.g, r.a, r.meta["weight_shape"], r.meta["args"], batch)
-        grads = grads.view(batch, *r.meta["weight_shape"])
-        total = grads if total is None else total + grads
-    return total
+        shape = r.meta["weight_shape"]
+        parts = [_conv_backward(g, x, shape, r.meta["args"], len(x)).view(len(x), *shape)
+                 for x, g in zip(r.a.split(FOLD_CHUNK), r.g.split(FOLD_CHUNK))]
+        chunks = parts if not chunks else [c + p for c, p in zip(chunks, parts)]
+    return chunks
 
 
 def _bias_grads(records: list[Record]) -> Tensor:
@@ -105,9 +109,9 @@ class Conv2dKernel(LayerKernel):
         total = records[0].g.new_zeros(batch)
         kept = None
         if layer.weight.requires_grad and batch:
-            grads = per_sample_weight_grads(records).flatten(1)
-            total += grads.square().sum(1)
-            kept = grads if grads.numel() <= KEEP_LIMIT_ELEMS else None
+            chunks = [c.flatten(1) for c in per_sample_weight_grads(records)]
+            total += torch.cat([torch.linalg.vector_norm(c, dim=1) for c in chunks]).square()
+            kept = chunks if batch * chunks[0].shape[1] <= KEEP_LIMIT_ELEMS else None
         if layer.bias is not None and layer.bias.requires_grad:
             total += _bias_grads(records).square().sum(1)
         return total, kept
@@ -116,8 +120,10 @@ class Conv2dKernel(LayerKernel):
                     weights: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         if layer.weight.requires_grad:
-            if state is not None:
-                out["weight"] = scale_accumulate(state, weights).view(layer.weight.shape)
+            if state is not None:  # sum_i c_i G_i over the kept chunks
+                parts = zip(state, weights.split(FOLD_CHUNK))
+                out["weight"] = sum(scale_accumulate(c, w) for c, w in parts).view(
+                    layer.weight.shape)
             else:  # one weight-gradient call per use on rescaled output gradients
                 out["weight"] = sum(
                     _conv_backward(r.g * weights.view(-1, *[1] * (r.g.dim() - 1)), r.a,
@@ -127,7 +133,7 @@ class Conv2dKernel(LayerKernel):
         return out
 
     def per_sample_grads(self, layer: nn.Module, records: list[Record]) -> dict[str, Tensor]:
-        out = {"weight": per_sample_weight_grads(records)}
+        out = {"weight": torch.cat(per_sample_weight_grads(records))}
         if layer.bias is not None:
             out["bias"] = _bias_grads(records)
         return {k: v for k, v in out.items() if getattr(layer, k).requires_grad}

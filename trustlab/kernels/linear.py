@@ -5,7 +5,7 @@ The per-sample weight gradient is ``G_i = g_i^T a_i`` (d, p), the bias gradient 
 
 * ghost norm: ``||G_i||^2 = <a_i a_i^T, g_i g_i^T>``, cost 2BT^2(p+d), memory BT^2;
   for T = 1 it is ``||a_i||^2 ||g_i||^2``;
-* direct: form ``G_i`` (cost 2BTpd). Kept, the clipped sum is ``sum_i c_i G_i`` and the
+* direct: form ``G_i`` (cost 2BTpd, as B small GEMMs). Kept, the clipped sum is ``sum_i c_i G_i`` and the
   batched weight GEMM is skipped; otherwise they are computed tile by tile (Triton, on chip)
   or in batch chunks (torch), reduced to norms and dropped.
 
@@ -30,14 +30,19 @@ _CHUNK_ELEMS = 1 << 24  # per-sample gradient elements per chunk on the non-kept
 KEEP_LIMIT_ELEMS = 1 << 26  # at most this many kept per-sample gradient elements per layer
 
 
+DIRECT_PENALTY = 2  # a batch of small per-sample GEMMs runs at about half a big GEMM's speed
+
+
 def choose_mode(batch: int, seq: int, p: int, d: int) -> str:
     """The cheaper per-sample norm method for a (B, T, p) -> (B, T, d) layer.
 
-    Ghost costs 2BT^2(p+d), direct 2BTpd: direct wins when pd <= T(p+d). Its per-sample
-    gradients are then no larger than the activations already held, and are kept (so the
-    batched weight GEMM is skipped) unless they exceed ``KEEP_LIMIT_ELEMS``.
+    Ghost costs 2BT^2(p+d) plus the clipped-sum GEMM 2BTpd; direct costs 2BTpd as B small
+    GEMMs (counted ``DIRECT_PENALTY`` times: measured on CPU) and, when its per-sample
+    gradients are kept, replaces the clipped-sum GEMM by a pass over them. Direct wins when
+    ``DIRECT_PENALTY * pd <= T(p+d)``; it keeps the gradients unless they exceed
+    ``KEEP_LIMIT_ELEMS``.
     """
-    if seq == 1 or p * d > seq * (p + d):
+    if seq == 1 or DIRECT_PENALTY * p * d > seq * (p + d):
         return GHOST
     return DIRECT_KEEP if batch * p * d <= KEEP_LIMIT_ELEMS else DIRECT
 
