@@ -1,6 +1,7 @@
 """LayerNorm / GroupNorm affine parameters: per-sample ``sum_t g_t * xhat_t`` and ``sum_t g_t``.
 
-These per-sample gradients are (B, C): small, so they are always formed directly.
+These per-sample gradients are (B, C): small, so they are formed directly, in the backward pass
+(the records hold them instead of the normalised input and output gradient).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class _LayerNormTap(torch.autograd.Function):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         width = weight.numel() if weight is not None else bias.numel()
         xhat = ((x - mean) * rstd).reshape(x.shape[0], -1, width)
-        ctx.sink(Record(xhat, g.reshape(g.shape[0], -1, width)))
+        ctx.sink(affine_record(xhat, g.reshape(g.shape[0], -1, width)))
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.native_layer_norm_backward(
@@ -55,7 +56,7 @@ class _GroupNormTap(torch.autograd.Function):
         n, c = x.shape[:2]
         xg = x.reshape(n, ctx.groups, -1)
         xhat = ((xg - mean[..., None]) * rstd[..., None]).reshape(n, c, -1)
-        ctx.sink(Record(xhat.transpose(1, 2), g.reshape(n, c, -1).transpose(1, 2)))
+        ctx.sink(affine_record(xhat.transpose(1, 2), g.reshape(n, c, -1).transpose(1, 2)))
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.native_group_norm_backward(
@@ -69,6 +70,13 @@ def affine_grads(xhat: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     if use_triton(g):
         return triton_affine_grads(xhat, g)
     return (g * xhat).sum(1), g.sum(1)
+
+
+def affine_record(xhat: Tensor, g: Tensor) -> Record:
+    """The per-sample (B, C) weight and bias gradients as the record (``a``, ``g``), formed
+    in the backward pass so that ``xhat`` and the output gradient are freed at once."""
+    wgrad, bgrad = affine_grads(xhat, g)
+    return Record(wgrad, bgrad)
 
 
 @functools.cache
@@ -113,9 +121,8 @@ class _AffineKernel(LayerKernel):
     """Shared logic of the normalisation layers: per-sample grads are formed directly."""
 
     def per_sample_grads(self, layer: nn.Module, records: list[Record]) -> dict[str, Tensor]:
-        xhat = torch.cat([r.a for r in records], dim=1)
-        g = torch.cat([r.g for r in records], dim=1)
-        wgrad, bgrad = affine_grads(xhat, g)
+        wgrad = sum(r.a for r in records)  # a layer used several times: its calls add up
+        bgrad = sum(r.g for r in records)
         out = {}
         if layer.weight is not None and layer.weight.requires_grad:
             out["weight"] = wgrad.view(-1, *layer.weight.shape)
