@@ -39,15 +39,20 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     if args.plot:
-        import plotly.express as px
+        plot(results, args.plot)
 
-        for row in results:
-            row["model"] = f"{row['arch']} on {row['dataset']}"
-        fig = px.line(results, x="target_epsilon", y="test_accuracy", color="model",
-                      markers=True, log_x=True, title="DP-SGD privacy–utility (δ = 1e-5)",
-                      labels={"target_epsilon": "ε", "test_accuracy": "test accuracy"})
-        fig.write_html(f"{args.plot}.html")
-        fig.write_image(f"{args.plot}.png")
+
+def plot(results: list[dict], path: str) -> None:
+    """Test accuracy against ε, one line per model, as PATH.html and PATH.png."""
+    import plotly.express as px
+
+    for row in results:
+        row["model"] = f"{row['arch']} on {row['dataset']}"
+    fig = px.line(results, x="target_epsilon", y="test_accuracy", color="model",
+                  markers=True, log_x=True, title="DP-SGD privacy–utility (δ = 1e-5)",
+                  labels={"target_epsilon": "ε", "test_accuracy": "test accuracy"})
+    fig.write_html(f"{path}.html")
+    fig.write_image(f"{path}.png")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from trustlab.train.zoo import arch_info
 # learning rate. mlp on Adult reaches test accuracy ~0.83 at epsilon = 3 in ~115 steps.
 DP_TRAINING: dict[str, dict] = {
     "mlp": {"batch_size": 1024, "epochs": 5, "lr": 3e-3},
-    "cnn": {"batch_size": 256, "epochs": 20, "lr": 4e-3},
+    "cnn": {"batch_size": 128, "epochs": 30, "lr": 1e-2},
 }
 
 
