@@ -4,7 +4,8 @@ Folding the batch into the channel groups (input (1, B·C, ...), output grads (1
 B·G groups) makes ATen's weight-gradient kernel return every sample's gradient at once
 (B, out, C/G, k...), at the FLOP count of the batched weight gradient and without an im2col
 copy of the input (folds of at most ``FOLD_CHUNK`` samples: larger ones run slower on CPU).
-They are kept when small (the clipped sum is then ``sum_i c_i G_i``), else reduced to norms and the clipped sum is one weight-gradient call on rescaled output gradients.
+They are kept when small (the clipped sum is then ``sum_i c_i G_i``), else reduced to norms
+and the clipped sum is one weight-gradient call on rescaled output gradients.
 """
 
 from __future__ import annotations

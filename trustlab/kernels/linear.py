@@ -5,11 +5,12 @@ The per-sample weight gradient is ``G_i = g_i^T a_i`` (d, p), the bias gradient 
 
 * ghost norm: ``||G_i||^2 = <a_i a_i^T, g_i g_i^T>``, cost 2BT^2(p+d), memory BT^2;
   for T = 1 it is ``||a_i||^2 ||g_i||^2``;
-* direct: form ``G_i`` (cost 2BTpd, as B small GEMMs). Kept, the clipped sum is ``sum_i c_i G_i`` and the
-  batched weight GEMM is skipped; otherwise they are computed tile by tile (Triton, on chip)
-  or in batch chunks (torch), reduced to norms and dropped.
+* direct: form ``G_i`` (cost 2BTpd, as B small GEMMs). Kept, the clipped sum is
+  ``sum_i c_i G_i`` and the batched weight GEMM is skipped; otherwise they are computed tile
+  by tile (Triton, on chip) or in batch chunks (torch), reduced to norms and dropped.
 
-The clipped weight sum is one GEMM on the rescaled output gradients: ``(c * g)^T a``.
+The clipped weight sum is one GEMM on rescaled output gradients (or activations, whichever is
+smaller): ``(c * g)^T a``.
 """
 
 from __future__ import annotations
