@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
+import pytest
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
@@ -50,3 +51,13 @@ def assert_close_sums(got: dict[str, Tensor], want: dict[str, Tensor], rtol: flo
         scale = want[name].abs().max().clamp(min=1e-12)
         err = (got[name] - want[name]).abs().max() / scale
         assert err <= rtol, f"{name}: relative error {err:.2e}"
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """float64 so that 1e-5 relative agreement tests the algebra, not rounding (autouse in the
+    modules that import it)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

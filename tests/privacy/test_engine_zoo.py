@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from dp_reference import assert_close_sums, engine_clipped_sum, reference_clipped_sum
+from dp_reference import (assert_close_sums, engine_clipped_sum,  # noqa: F401
+                          float64_default, reference_clipped_sum)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -20,13 +21,6 @@ SMALL = {"cnn": {"widths": [4, 8], "groups": 2}, "lstm": {"hidden": 8}, "gru": {
          "ft_transformer": {"dim": 8, "depth": 1, "heads": 2}, "mlp": {"hidden": [8]},
          "autoencoder": {"hidden": [4, 2]}}
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize("arch", available_archs())
