@@ -12,8 +12,6 @@ from dp_reference import (assert_close_sums, engine_clipped_sum,  # noqa: F401
 from trustlab.privacy import DPGRU, DPLSTM, DPMultiheadAttention
 
 
-
-
 def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y)
 

@@ -22,7 +22,6 @@ SMALL = {"cnn": {"widths": [4, 8], "groups": 2}, "lstm": {"hidden": 8}, "gru": {
          "autoencoder": {"hidden": [4, 2]}}
 
 
-
 @pytest.mark.parametrize("arch", available_archs())
 def test_zoo_model_clipped_sum_matches_reference(arch):
     torch.manual_seed(0)
