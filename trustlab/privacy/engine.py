@@ -33,7 +33,8 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
     """A subclass of ``cls`` whose forward goes through the kernel's capture while tracked.
 
     Swapping the class (not the instance's forward) keeps copies safe: a deep copy of a tapped
-    layer is not tracked and runs the plain forward on its own weights."""
+    layer is not tracked and runs the plain forward on its own weights. ``dp_sink()`` gives
+    the sink to layers that compute the tapped layer's product themselves."""
     if cls not in _TAPPED_CLASSES:
         def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
             tracker = _TRACKERS.get(self)
@@ -41,7 +42,15 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
                 return cls.forward(self, *args, **kwargs)
             return tracker.capture(self, *args, **kwargs)
 
-        _TAPPED_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward,
+        def dp_sink(self: nn.Module) -> Callable[[Record], None] | None:
+            """Where this layer's records go while tracked and recording gradients (for a
+            layer that computes its own product elsewhere, like the DP recurrence), else None."""
+            tracker = _TRACKERS.get(self)
+            if tracker is None or not torch.is_grad_enabled():
+                return None
+            return tracker._sink_for(self)
+
+        _TAPPED_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward, "dp_sink": dp_sink,
                                                            "__module__": cls.__module__})
     return _TAPPED_CLASSES[cls]
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trustlab.errors import ConfigError
+from trustlab.privacy.recurrence import recurrence
 
 
 class DPMultiheadAttention(nn.Module):
@@ -135,8 +136,10 @@ class _Cell(nn.Module):
 class _DPRecurrent(nn.Module):
     """An RNN unrolled over time from ``nn.Linear`` cells (like opacus's DPLSTM).
 
-    The input projection runs once over the whole sequence; the hidden projection once per
-    step (its per-sample gradient sums over steps, which the Linear kernel handles).
+    The input projection runs once over the whole sequence. While the engine taps the cells,
+    each layer and direction is one :func:`~trustlab.privacy.recurrence.recurrence` node whose
+    hand-written BPTT hands the hidden projection's (H_prev, G) to the Linear kernel; otherwise
+    the hidden projection runs once per step in autograd.
     """
 
     gates: int
@@ -192,12 +195,22 @@ class _DPRecurrent(nn.Module):
     def _step(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def _unrolled(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor, reverse: bool
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+        """One layer and direction step by step in autograd (untapped use, torch.func)."""
+        steps = gates_x.shape[1]
+        out: list[Tensor] = [h] * steps
+        for t in range(steps - 1, -1, -1) if reverse else range(steps):
+            h, c = self._step(gates_x[:, t], cell, h, c)
+            out[t] = h
+        return torch.stack(out, 1), h, c
+
     def forward(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None):
         if isinstance(x, nn.utils.rnn.PackedSequence):
             raise ConfigError(f"{type(self).__name__} takes padded tensors, not PackedSequence")
         if not self.batch_first:
             x = x.transpose(0, 1)
-        batch, steps, _ = x.shape
+        batch = x.shape[0]
         shape = (self.num_layers * self.directions, batch, self.hidden_size)
         if hx is None:
             h0 = c0 = x.new_zeros(shape)
@@ -212,13 +225,14 @@ class _DPRecurrent(nn.Module):
                 index = layer * self.directions + direction
                 cell = self.cells[index]
                 gates_x = cell.ih(x)
-                h, c = h0[index], c0[index]
-                order = range(steps - 1, -1, -1) if direction else range(steps)
-                out = [None] * steps
-                for t in order:
-                    h, c = self._step(gates_x[:, t], cell, h, c)
-                    out[t] = h
-                outputs.append(torch.stack(out, 1))
+                sink = cell.hh.dp_sink() if hasattr(cell.hh, "dp_sink") else None
+                if sink is not None:  # tapped: one node, W_hh's record from its own BPTT
+                    out, h, c = recurrence(gates_x, h0[index], c0[index], cell.hh.weight,
+                                           cell.hh.bias, self.mode, bool(direction), sink)
+                else:
+                    out, h, c = self._unrolled(gates_x, cell, h0[index], c0[index],
+                                               bool(direction))
+                outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)
             x = torch.cat(outputs, -1) if self.directions == 2 else outputs[0]
