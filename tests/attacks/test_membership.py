@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from trustlab.attacks.membership import (check_disjoint, check_logits, lira_scores,
-                                         logit_confidence, loss_scores, rmia_scores)
+                                         logit_confidence, loss_scores, rmia_scores,
+                                         shrunk_variance)
 from trustlab.attacks.reference_models import (RecipeSettings, batch_schedule, half_masks,
                                                train_reference_models)
 from trustlab.audit.runner import audit
@@ -39,7 +40,7 @@ def test_lira_matches_naive_gaussian_fits() -> None:
         ins, outs = reference[in_mask[:, i], i], reference[~in_mask[:, i], i]
         naive.append(stats.norm.logpdf(target[i], ins.mean(), ins.std(ddof=1))
                      - stats.norm.logpdf(target[i], outs.mean(), outs.std(ddof=1)))
-    got = lira_scores(target, reference, in_mask, fixed_variance=False)
+    got = lira_scores(target, reference, in_mask, variance="per_example")
     assert np.allclose(got, naive)
 
 
@@ -75,6 +76,8 @@ def test_bad_inputs_are_clear_errors() -> None:
         check_logits(np.zeros(10), np.zeros(10, int))
     with pytest.raises(DataError, match="at least one IN"):
         lira_scores(np.zeros(5), np.zeros((1, 5)), np.zeros((1, 5), bool))
+    with pytest.raises(ConfigError, match="variance must be one of"):
+        lira_scores(np.zeros(5), np.zeros((2, 5)), None, online=False, variance="pooled")
 
 
 def test_half_masks_are_balanced_and_schedule_stays_inside() -> None:
@@ -140,3 +143,33 @@ def test_privacy_auditor_on_autoencoder_uses_reconstruction_error(tmp_path) -> N
     assert {"privacy.reconstruction_threshold.auc", "privacy.lira.auc"} <= set(result.metrics)
     assert "privacy.art_blackbox.auc" not in result.metrics  # no class probabilities
     assert "class 0" in result.config["members"]
+
+
+def test_shrunk_variance_matches_naive_binned_pooling() -> None:
+    rng = np.random.default_rng(5)
+    squares, dof, location = rng.random(200) * 4, rng.integers(1, 9, 200), rng.normal(size=200)
+    got = shrunk_variance(squares, dof, location, bins=4, prior_weight=3.0)
+    quartile = np.searchsorted(np.quantile(location, [0.25, 0.5, 0.75]), location)
+    for i in range(200):
+        same = quartile == quartile[i]
+        pooled = squares[same].sum() / dof[same].sum()
+        assert np.isclose(got[i], (squares[i] + 3.0 * pooled) / (dof[i] + 3.0))
+
+
+def test_shrunk_variance_helps_when_spread_depends_on_difficulty() -> None:
+    """Easy examples' statistic spreads widely, hard ones' narrowly (an overfit model's logits):
+    one pooled variance misreads both; shrinking towards similar examples' variance does not."""
+    rng = np.random.default_rng(6)
+    n, models = 6000, 16
+    location = rng.normal(0, 3, n)
+    spread = np.exp(location / 2)
+    is_member = rng.random(n) < 0.5
+    in_mask = half_masks(models, n, seed=7)
+    reference = location + spread * (in_mask + rng.normal(0, 0.7, (models, n)))
+    target = location + spread * (is_member + rng.normal(0, 0.7, n))
+    tpr = {}
+    for variance in ("fixed", "shrunk"):
+        fpr, rate, _ = roc_curve(is_member, lira_scores(target, reference, in_mask,
+                                                        variance=variance))
+        tpr[variance] = rate[fpr <= 0.01].max()
+    assert tpr["shrunk"] > 2 * tpr["fixed"], tpr

@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from trustlab.attacks.membership import (logit_confidence, loss_scores, reference_attack_scores)
@@ -61,8 +62,6 @@ def test_one_run_epsilon_and_attacks(canary_setup, private: bool) -> None:
     data, canary_X, canary_y, included = canary_setup
     trained = _train(data, private)
     model = trained.model.eval()
-    import torch
-
     with torch.no_grad():
         canary_logits = model(torch.from_numpy(canary_X)).numpy()
     audit = epsilon_lower_bound(logit_confidence(canary_logits, canary_y), included,

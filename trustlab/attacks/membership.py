@@ -8,7 +8,8 @@ higher meaning "more likely a training member"; ``trustlab.privacy.audit.mia_met
 - ``shadow_attack_scores``: Shokri et al. (2017): an attack classifier learns in/out from shadow
   models' outputs on rows whose membership it knows.
 - ``lira_scores``: LiRA (Carlini et al. 2022), online and offline, per-example Gaussian fits of
-  the logit-scaled confidence of reference models trained with / without the example.
+  the logit-scaled confidence of reference models trained with / without the example, with
+  variances shrunk towards those of examples of similar difficulty.
 - ``rmia_scores``: RMIA (Zarifzadeh et al. 2024): the likelihood ratio of x against population
   points z, each normalised by the reference models' average.
 
@@ -98,15 +99,26 @@ def reconstruction_statistic(reconstructions: np.ndarray, X: np.ndarray,
 # --- reference-model attacks ------------------------------------------------------------------
 
 
+VARIANCES = ("shrunk", "fixed", "per_example")
+
+
 def lira_scores(target: np.ndarray, reference: np.ndarray, in_mask: np.ndarray | None = None, *,
-                online: bool = True, fixed_variance: bool = True) -> np.ndarray:
+                online: bool = True, variance: str = "shrunk") -> np.ndarray:
     """LiRA: log-likelihood ratio of the target's statistic under per-example Gaussians.
 
     ``target`` (n,) is φ of the attacked model, ``reference`` (M, n) φ of M reference models and
     ``in_mask`` (M, n) whether each reference trained on each example. Online compares the
     IN and OUT Gaussians; offline (``online=False``, or no IN models) uses the one-sided OUT
-    test. ``fixed_variance`` pools one variance over all examples (better with few models).
+    test. Each Gaussian has its example's own mean; its variance is (``variance``):
+
+    - ``"per_example"``: the example's own sample variance (needs many reference models);
+    - ``"fixed"``: one variance pooled over all examples (Carlini et al.'s choice for few models);
+    - ``"shrunk"`` (default): the example's variance shrunk towards the variance pooled over the
+      examples of similar mean (:func:`shrunk_variance`). An overfit model's φ spreads far more
+      on easy examples than on hard ones, which one pooled variance misses.
     """
+    if variance not in VARIANCES:
+        raise ConfigError(f"variance must be one of {VARIANCES}, got {variance!r}")
     reference = np.asarray(reference, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     if reference.ndim != 2 or reference.shape[1] != len(target):
@@ -121,24 +133,40 @@ def lira_scores(target: np.ndarray, reference: np.ndarray, in_mask: np.ndarray |
     if (out_mask.sum(0) == 0).any():
         raise DataError("LiRA needs at least one OUT reference model per example: use more "
                         "reference models")
-    mu_out, var_out = _masked_moments(reference, out_mask, fixed_variance)
+    mu_out, var_out = _masked_moments(reference, out_mask, variance)
     if not online:
         return stats.norm.logcdf(target, mu_out, np.sqrt(var_out))
-    mu_in, var_in = _masked_moments(reference, in_mask, fixed_variance)
+    mu_in, var_in = _masked_moments(reference, in_mask, variance)
     return (stats.norm.logpdf(target, mu_in, np.sqrt(var_in))
             - stats.norm.logpdf(target, mu_out, np.sqrt(var_out)))
 
 
 def _masked_moments(values: np.ndarray, mask: np.ndarray,
-                    fixed_variance: bool) -> tuple[np.ndarray, np.ndarray]:
+                    variance: str) -> tuple[np.ndarray, np.ndarray]:
     count = mask.sum(0)
     mean = np.where(mask, values, 0).sum(0) / np.maximum(count, 1)
-    squares = np.where(mask, (values - mean) ** 2, 0)
-    if fixed_variance or (count < 2).any():
-        var = np.full(values.shape[1], squares.sum() / max(int(mask.sum()) - 1, 1))
+    squares = np.where(mask, (values - mean) ** 2, 0).sum(0)
+    dof = np.maximum(count - 1, 0)
+    if variance == "fixed" or (variance == "per_example" and (dof == 0).any()):
+        var = np.full(values.shape[1], squares.sum() / max(int(dof.sum()), 1))
+    elif variance == "per_example":
+        var = squares / dof
     else:
-        var = squares.sum(0) / (count - 1)
+        var = shrunk_variance(squares, dof, values.mean(0))
     return mean, np.maximum(var, 1e-6)
+
+
+def shrunk_variance(squares: np.ndarray, dof: np.ndarray, location: np.ndarray, *,
+                    bins: int = 10, prior_weight: float = 10.0) -> np.ndarray:
+    """Per-example variances, empirical-Bayes style: ``squares`` (sums of squared deviations,
+    ``dof`` degrees of freedom each) shrunk towards the variance pooled over the examples in the
+    same ``location`` decile (``bins`` quantile bins), weighted as ``prior_weight``
+    pseudo-observations: ``(squares + k·pooled) / (dof + k)``."""
+    edges = np.quantile(location, np.linspace(0, 1, bins + 1)[1:-1])
+    bin_of = np.searchsorted(edges, location)
+    pooled = (np.bincount(bin_of, squares, bins)
+              / np.maximum(np.bincount(bin_of, dof, bins), 1))[bin_of]
+    return (squares + prior_weight * pooled) / (dof + prior_weight)
 
 
 def rmia_scores(target: np.ndarray, reference: np.ndarray, in_mask: np.ndarray | None,

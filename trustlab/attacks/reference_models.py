@@ -167,7 +167,7 @@ def train_reference_models(arch: str, spec: InputSpec, X: np.ndarray, y: np.ndar
 
 
 def _optimizer(params: list[torch.Tensor], recipe: RecipeSettings, steps: int):
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
 
 
