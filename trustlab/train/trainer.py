@@ -42,6 +42,7 @@ class TrainSettings:
     weight_decay: float | None = None
     optimizer: str = "adamw"
     patience: int | None = None
+    early_stopping: bool = True  # False: every epoch runs and the last weights are kept
     seed: int = 0
     device: str = "auto"
 
@@ -168,6 +169,8 @@ def fit(model: nn.Module, data: DataBundle, task: str, settings: TrainSettings, 
             val = evaluate(model, data.splits["val"], task, device)
             history.append({"epoch": epoch + 1, "train_loss": total / max(count, 1), **val})
             bar.advance(f"loss {total / max(count, 1):.4f} val loss {val['loss']:.4f}")
+            if not settings.early_stopping:
+                continue
             if val["loss"] < best_loss:
                 best_loss, since_best = val["loss"], 0
                 best_state = copy.deepcopy(model.state_dict())
