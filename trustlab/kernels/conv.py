@@ -4,7 +4,9 @@ Folding the batch into the channel groups (input (1, B·C, ...), output grads (1
 B·G groups) makes ATen's weight-gradient kernel return every sample's gradient at once
 (B, out, C/G, k...), at the FLOP count of the batched weight gradient and without an im2col
 copy of the input (folds of at most ``FOLD_CHUNK`` samples: larger ones run slower on CPU).
-They are kept when small (the clipped sum is then ``sum_i c_i G_i``), else reduced to norms
+When they are small they are formed in the backward pass and recorded instead of the input
+and output gradient, which are then freed at once (the clipped sum is ``sum_i c_i G_i``);
+otherwise the record keeps (x, g), the per-sample gradients are reduced to norms chunk by chunk
 and the clipped sum is one weight-gradient call on rescaled output gradients.
 """
 
@@ -36,7 +38,10 @@ class _ConvTap(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple:
         x, weight = ctx.saved_tensors
-        ctx.sink(Record(x, g, meta={"args": ctx.args, "weight_shape": weight.shape}))
+        record = Record(x, g, meta={"args": ctx.args, "weight_shape": weight.shape})
+        if not ctx.needs_input_grad[1] or len(x) * weight.numel() <= KEEP_LIMIT_ELEMS:
+            record = _per_sample_record(record, ctx.needs_input_grad[1])
+        ctx.sink(record)
         grad_x = None
         if ctx.needs_input_grad[0]:
             stride, padding, dilation, groups = ctx.args
@@ -80,20 +85,34 @@ def _explicit_padding(layer: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, .
 FOLD_CHUNK = 128  # samples folded into one grouped call: larger folds run slower on CPU
 
 
+def _fold_chunks(record: Record) -> list[Tensor]:
+    """One call's per-sample weight gradients as flat (b, numel) chunks of at most
+    ``FOLD_CHUNK`` samples each (in batch order)."""
+    shape, args = record.meta["weight_shape"], record.meta["args"]
+    return [_conv_backward(g, x, shape, args, len(x)).view(len(x), -1)
+            for x, g in zip(record.a.split(FOLD_CHUNK), record.g.split(FOLD_CHUNK))]
+
+
+def _per_sample_record(record: Record, weight: bool) -> Record:
+    """The call's per-sample gradients as the record: ``a`` the flat (B, numel) weight
+    gradients (empty when the weight is frozen), ``g`` the (B, out) bias gradients."""
+    x, g = record.a, record.g
+    grads = torch.cat(_fold_chunks(record)) if weight and len(x) else g.new_zeros(len(x), 0)
+    return Record(grads, g.flatten(2).sum(2), meta={**record.meta, "per_sample": True})
+
+
 def per_sample_weight_grads(records: list[Record]) -> list[Tensor]:
-    """Per-sample weight gradients, summed over the layer's calls, as (b, out, C/G, k...)
-    chunks of at most ``FOLD_CHUNK`` samples each (in batch order)."""
+    """Per-sample weight gradients, summed over the layer's calls, as flat (b, numel) chunks
+    (in batch order)."""
     chunks: list[Tensor] = []
     for r in records:
-        shape = r.meta["weight_shape"]
-        parts = [_conv_backward(g, x, shape, r.meta["args"], len(x)).view(len(x), *shape)
-                 for x, g in zip(r.a.split(FOLD_CHUNK), r.g.split(FOLD_CHUNK))]
+        parts = [r.a] if r.meta.get("per_sample") else _fold_chunks(r)
         chunks = parts if not chunks else [c + p for c, p in zip(chunks, parts)]
     return chunks
 
 
 def _bias_grads(records: list[Record]) -> Tensor:
-    return sum(r.g.flatten(2).sum(2) for r in records)
+    return sum(r.g if r.meta.get("per_sample") else r.g.flatten(2).sum(2) for r in records)
 
 
 @register_kernel
@@ -110,9 +129,9 @@ class Conv2dKernel(LayerKernel):
         total = records[0].g.new_zeros(batch)
         kept = None
         if layer.weight.requires_grad and batch:
-            chunks = [c.flatten(1) for c in per_sample_weight_grads(records)]
+            chunks = per_sample_weight_grads(records)
             total += torch.cat([torch.linalg.vector_norm(c, dim=1) for c in chunks]).square()
-            kept = chunks if batch * chunks[0].shape[1] <= KEEP_LIMIT_ELEMS else None
+            kept = chunks[0] if records[0].meta.get("per_sample") else None
         if layer.bias is not None and layer.bias.requires_grad:
             total += _bias_grads(records).square().sum(1)
         return total, kept
@@ -121,10 +140,8 @@ class Conv2dKernel(LayerKernel):
                     weights: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         if layer.weight.requires_grad:
-            if state is not None:  # sum_i c_i G_i over the kept chunks
-                parts = zip(state, weights.split(FOLD_CHUNK))
-                out["weight"] = sum(scale_accumulate(c, w) for c, w in parts).view(
-                    layer.weight.shape)
+            if state is not None:  # sum_i c_i G_i over the kept per-sample gradients
+                out["weight"] = scale_accumulate(state, weights).view(layer.weight.shape)
             else:  # one weight-gradient call per use on rescaled output gradients
                 out["weight"] = sum(
                     _conv_backward(r.g * weights.view(-1, *[1] * (r.g.dim() - 1)), r.a,
@@ -134,7 +151,8 @@ class Conv2dKernel(LayerKernel):
         return out
 
     def per_sample_grads(self, layer: nn.Module, records: list[Record]) -> dict[str, Tensor]:
-        out = {"weight": torch.cat(per_sample_weight_grads(records))}
+        grads = torch.cat(per_sample_weight_grads(records))
+        out = {"weight": grads.view(-1, *layer.weight.shape)}
         if layer.bias is not None:
             out["bias"] = _bias_grads(records)
         return {k: v for k, v in out.items() if getattr(layer, k).requires_grad}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -30,8 +30,10 @@ class _LayerNormTap(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple:
         x, weight, bias, mean, rstd = ctx.saved_tensors
         width = weight.numel() if weight is not None else bias.numel()
-        xhat = ((x - mean) * rstd).reshape(x.shape[0], -1, width)
-        ctx.sink(affine_record(xhat, g.reshape(g.shape[0], -1, width)))
+        xr = x.reshape(x.shape[0], -1, width)
+        mr, rr = mean.reshape(x.shape[0], -1, 1), rstd.reshape(x.shape[0], -1, 1)
+        ctx.sink(affine_record(lambda rows: (xr[rows] - mr[rows]) * rr[rows],
+                               g.reshape(g.shape[0], -1, width)))
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.native_layer_norm_backward(
@@ -54,9 +56,11 @@ class _GroupNormTap(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple:
         x, weight, mean, rstd = ctx.saved_tensors
         n, c = x.shape[:2]
-        xg = x.reshape(n, ctx.groups, -1)
-        xhat = ((xg - mean[..., None]) * rstd[..., None]).reshape(n, c, -1)
-        ctx.sink(affine_record(xhat.transpose(1, 2), g.reshape(n, c, -1).transpose(1, 2)))
+        xg, mg, rg = x.reshape(n, ctx.groups, -1), mean[..., None], rstd[..., None]
+        spatial = x[0, 0].numel()
+        ctx.sink(affine_record(
+            lambda rows: ((xg[rows] - mg[rows]) * rg[rows]).view(-1, c, spatial).transpose(1, 2),
+            g.reshape(n, c, -1).transpose(1, 2)))
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.native_group_norm_backward(
@@ -72,11 +76,24 @@ def affine_grads(xhat: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     return (g * xhat).sum(1), g.sum(1)
 
 
-def affine_record(xhat: Tensor, g: Tensor) -> Record:
+_CHUNK_ELEMS = 1 << 20  # elements of the normalised input formed at once on the torch path
+
+
+def affine_record(xhat: Callable[[slice], Tensor], g: Tensor) -> Record:
     """The per-sample (B, C) weight and bias gradients as the record (``a``, ``g``), formed
-    in the backward pass so that ``xhat`` and the output gradient are freed at once."""
-    wgrad, bgrad = affine_grads(xhat, g)
-    return Record(wgrad, bgrad)
+    in the backward pass so that the layer's input and output gradient are freed at once.
+    ``xhat(rows)`` normalises the input of a slice of samples, (b, T, C) like ``g``; on the
+    torch path it is formed a few samples at a time (no input-sized temporaries: fresh
+    large allocations cost page faults on every step on CPU)."""
+    if use_triton(g):
+        wgrad, bgrad = affine_grads(xhat(slice(None)), g)
+        return Record(wgrad, bgrad)
+    step = max(1, _CHUNK_ELEMS // max(g[0].numel(), 1))
+    parts = [affine_grads(xhat(slice(i, i + step)), g[i:i + step])
+             for i in range(0, g.shape[0], step)]
+    if not parts:
+        return Record(g.new_zeros(0, g.shape[2]), g.new_zeros(0, g.shape[2]))
+    return Record(torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts]))
 
 
 @functools.cache
