@@ -128,3 +128,45 @@ def test_applies_only_to_tabular_classifiers(adult_mlp: Subject) -> None:
                           {"arch": "autoencoder", "task": "reconstruction"})
     assert auditor.applies_to(adult_mlp)
     assert not auditor.applies_to(digits) and not auditor.applies_to(autoencoder)
+
+
+def test_expected_outcome_of_randomised_thresholds_matches_fairlearn_pmf() -> None:
+    """P(ŷ = 1) averaged over seeded draws ≈ fairlearn's own probabilities of its randomised
+    thresholds, and the expected counts of hard predictions are the plain counts."""
+    from fairlearn.postprocessing import ThresholdOptimizer
+
+    from trustlab.audit.fairness.bootstrap import confusion_counts
+    from trustlab.audit.fairness.mitigation import (ScoreClassifier, expected_confusion_counts,
+                                                    threshold_optimizer)
+
+    rng = np.random.default_rng(0)
+    groups = rng.choice(["a", "b", "c"], 3000, p=[0.6, 0.3, 0.1])
+    y = (rng.random(3000) < np.where(groups == "a", 0.4, 0.2)).astype(np.int64)
+    scores = np.clip(0.3 * y + rng.normal(0.35, 0.2, 3000) + 0.1 * (groups == "a"), 0, 1)
+    got = threshold_optimizer(scores[:2000], y[:2000], groups[:2000], scores[2000:],
+                              groups[2000:], seed=1)
+    reference = ThresholdOptimizer(estimator=ScoreClassifier().fit(None), prefit=True,
+                                   constraints="equalized_odds", predict_method="predict_proba")
+    reference.fit(scores[:2000, None], y[:2000], sensitive_features=groups[:2000])
+    pmf = reference._pmf_predict(scores[2000:, None], sensitive_features=groups[2000:])[:, 1]
+    assert np.abs(got - pmf).max() < 0.2 and abs(got.mean() - pmf.mean()) < 0.01
+    codes = np.searchsorted(["a", "b", "c"], groups)
+    hard = (scores >= 0.5).astype(np.int64)
+    assert np.array_equal(expected_confusion_counts(y, hard, codes, 3),
+                          confusion_counts(y, hard, codes, 3))
+
+
+def test_mitigation_split_must_not_be_the_audited_split(adult_mlp: Subject, tmp_path) -> None:
+    result = _run(adult_mlp, tmp_path, mitigation=["threshold_optimizer"], slices=False,
+                  n_resamples=20, mitigation_split=["test"], sensitive_features=["sex"])
+    assert result.status == "errored" and "mitigation_split" in result.error
+
+
+def test_fair_finetune_narrows_the_equalized_odds_gap(adult_mlp: Subject, tmp_path) -> None:
+    result = _run(adult_mlp, tmp_path, mitigation=["fair_finetune"], finetune_weights=[0.0, 10.0],
+                  slices=False, n_resamples=20, sensitive_features=["sex"], intersections=False)
+    metrics = {k: v.value for k, v in result.metrics.items()}
+    plain = metrics["fairness.sex.fair_finetune.weight_0.equalized_odds_difference"]
+    penalised = metrics["fairness.sex.fair_finetune.weight_10.equalized_odds_difference"]
+    assert penalised < 0.8 * plain, (plain, penalised)
+    assert metrics["fairness.sex.fair_finetune.weight_10.accuracy"] > 0.75

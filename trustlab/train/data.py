@@ -40,6 +40,17 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    @classmethod
+    def concat(cls, splits: list["Split"]) -> "Split":
+        """The rows of several splits, in order, as one split."""
+        frames = [s.frame for s in splits]
+        return cls(X=np.concatenate([s.X for s in splits]),
+                   y=np.concatenate([s.y for s in splits]),
+                   sensitive=pd.concat([s.sensitive for s in splits], ignore_index=True),
+                   rows=np.concatenate([s.rows for s in splits]),
+                   frame=None if any(f is None for f in frames)
+                   else pd.concat(frames, ignore_index=True))
+
 
 @dataclass
 class FeatureInfo:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from trustlab.audit.fairness.bootstrap import confusion_counts, disparities
+from trustlab.audit.fairness.bootstrap import disparities
 from trustlab.errors import ConfigError
 from trustlab.train.trainer import seed_everything
 
@@ -41,12 +42,31 @@ class Outcome:
 
 def outcome(method: str, setting: str, y_true: np.ndarray, y_pred: np.ndarray,
             codes: np.ndarray, n_groups: int, keep_groups: np.ndarray) -> Outcome:
-    """Score predictions with the same disparity definitions as the audit."""
-    counts = confusion_counts(y_true, y_pred, codes, n_groups)[keep_groups]
-    gaps = disparities(counts)
-    return Outcome(method, setting, float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
-                   float(gaps["equalized_odds_difference"]),
+    """Score predictions with the same disparity definitions as the audit. ``y_pred`` may be
+    P(ŷ = 1) of a randomised predictor: its expected accuracy and disparities are scored."""
+    counts = expected_confusion_counts(y_true, y_pred, codes, n_groups)
+    gaps = disparities(counts[keep_groups])
+    accuracy = (counts[:, 0].sum() + counts[:, 3].sum()) / max(counts.sum(), 1)
+    return Outcome(method, setting, float(accuracy), float(gaps["equalized_odds_difference"]),
                    float(gaps["demographic_parity_difference"]))
+
+
+def expected_confusion_counts(y_true: np.ndarray, p_positive: np.ndarray, codes: np.ndarray,
+                              n_groups: int) -> np.ndarray:
+    """(n_groups, 4) expected tn, fp, fn, tp per group when row i is predicted positive with
+    probability ``p_positive[i]`` (hard 0/1 predictions give the plain counts)."""
+    keep = codes >= 0
+    y, p, g = (np.asarray(y_true)[keep].astype(np.int64), np.asarray(p_positive, float)[keep],
+               codes[keep])
+    positive = np.bincount(g * 4 + 2 * y + 1, weights=p, minlength=4 * n_groups)
+    negative = np.bincount(g * 4 + 2 * y, weights=1 - p, minlength=4 * n_groups)
+    return (positive + negative).reshape(n_groups, 4)
+
+
+def expected_predictions(predict, *, draws: int = 100, seed: int = 0) -> np.ndarray:
+    """P(ŷ = 1) per row of a randomised fairlearn predictor, ``predict(random_state=...)``,
+    averaged over ``draws`` seeded draws (one draw's disparities are noisy on small groups)."""
+    return np.mean([np.asarray(predict(random_state=seed + i)) for i in range(draws)], axis=0)
 
 
 class ScoreClassifier(ClassifierMixin, BaseEstimator):
@@ -70,19 +90,20 @@ class ScoreClassifier(ClassifierMixin, BaseEstimator):
 def threshold_optimizer(fit_scores: np.ndarray, fit_y: np.ndarray, fit_groups: np.ndarray,
                         eval_scores: np.ndarray, eval_groups: np.ndarray, *,
                         constraints: str = "equalized_odds", seed: int = 0) -> np.ndarray:
-    """Fit group-specific (randomised) thresholds on one split, predict on another."""
+    """Fit group-specific randomised thresholds on some rows; P(ŷ = 1) on the eval rows."""
     optimizer = ThresholdOptimizer(estimator=ScoreClassifier().fit(None), constraints=constraints,
                                    objective="accuracy_score", prefit=True,
                                    predict_method="predict_proba")
     optimizer.fit(fit_scores[:, None], fit_y, sensitive_features=fit_groups)
-    return np.asarray(optimizer.predict(eval_scores[:, None], sensitive_features=eval_groups,
-                                        random_state=seed)).astype(np.int64)
+    return expected_predictions(partial(optimizer.predict, eval_scores[:, None],
+                                        sensitive_features=eval_groups), seed=seed)
 
 
 def exponentiated_gradient(X_fit: np.ndarray, y_fit: np.ndarray, groups_fit: np.ndarray,
                            X_eval: np.ndarray, *, constraint: str = "equalized_odds",
                            difference_bound: float | None = 0.02, seed: int = 0) -> np.ndarray:
-    """Logistic regression under a fairness constraint (``None`` bound: unconstrained)."""
+    """Logistic regression under a fairness constraint (``None`` bound: unconstrained); P(ŷ = 1)
+    of the randomised reduction on ``X_eval``."""
     learner = LogisticRegression(max_iter=500)
     if difference_bound is None:
         return learner.fit(X_fit, y_fit).predict(X_eval).astype(np.int64)
@@ -91,7 +112,7 @@ def exponentiated_gradient(X_fit: np.ndarray, y_fit: np.ndarray, groups_fit: np.
     reduction = ExponentiatedGradient(learner, CONSTRAINTS[constraint](
         difference_bound=difference_bound), max_iter=15)
     reduction.fit(X_fit, y_fit, sensitive_features=groups_fit)
-    return np.asarray(reduction.predict(X_eval, random_state=seed)).astype(np.int64)
+    return expected_predictions(partial(reduction.predict, X_eval), seed=seed)
 
 
 def equalized_odds_penalty(scores: torch.Tensor, y: torch.Tensor,
