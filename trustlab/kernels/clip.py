@@ -28,21 +28,23 @@ def scale_accumulate(per_sample: Tensor, weights: Tensor) -> Tensor:
 def noisy_write(sums: list[Tensor], std: float, denominator: float,
                 generator: torch.Generator | None) -> list[Tensor]:
     """``(s + N(0, std^2)) / denominator`` for every tensor: noise added once, in the final
-    write. The torch path draws all the noise in one call and writes with two foreach ops."""
+    write. The torch path draws all the noise into one flat buffer, scales it by
+    ``std / denominator`` and adds ``s / denominator`` in one foreach op; the results are
+    views of that buffer."""
     if not sums:
         return []
     if use_triton(sums[0]):
         seeds = torch.randint(0, 2**31 - 1, (len(sums),), generator=generator,
                               device=sums[0].device).tolist()
         return [triton_noisy_write(s, std, denominator, seed) for s, seed in zip(sums, seeds)]
+    size, like = sum(s.numel() for s in sums), sums[0]
     if std > 0:
-        flat = torch.randn(sum(s.numel() for s in sums), generator=generator,
-                           device=sums[0].device, dtype=sums[0].dtype)
-        noise = [n.view_as(s) for n, s in zip(flat.split([s.numel() for s in sums]), sums)]
-        out = torch._foreach_add(sums, noise, alpha=std)
+        flat = torch.randn(size, generator=generator, device=like.device, dtype=like.dtype)
+        flat.mul_(std / denominator)
     else:
-        out = [s.clone() for s in sums]
-    torch._foreach_div_(out, denominator)
+        flat = like.new_zeros(size)
+    out = [n.view_as(s) for n, s in zip(flat.split([s.numel() for s in sums]), sums)]
+    torch._foreach_add_(out, sums, alpha=1.0 / denominator)
     return out
 
 

@@ -222,25 +222,25 @@ class LinearKernel(LayerKernel):
         if g.shape[1] == 1:  # non-sequence input: ||G_i||^2 = ||a_i||^2 ||g_i||^2, bias ||g_i||^2
             g_sq = row_sq_norms(g)
             total = g_sq * ((row_sq_norms(a) if has_weight else 0.0) + (1.0 if has_bias else 0.0))
-            return total, (a, g, kept)
-        total = None
+            return total, (a, g, kept, g[:, 0])
+        total, bias_grads = None, None
         if has_weight:
             mode = choose_mode(g.shape[0], g.shape[1], a.shape[2], g.shape[2])
             total, kept = sq_norms(a, g, mode)
         if has_bias:  # ||sum_t g_t||^2, not sum_t ||g_t||^2
-            bias_sq = row_sq_norms(g.sum(1))
+            bias_grads = g.sum(1)
+            bias_sq = row_sq_norms(bias_grads)
             total = bias_sq if total is None else total + bias_sq
-        return total, (a, g, kept)
+        return total, (a, g, kept, bias_grads)
 
     def clipped_sum(self, layer: nn.Linear, records: list[Record], state: Any,
                     weights: Tensor) -> dict[str, Tensor]:
-        a, g, kept = state
+        a, g, kept, bias_grads = state
         out: dict[str, Tensor] = {}
         if layer.weight.requires_grad:
             out["weight"] = weight_sum(a, g, kept, weights)
         if layer.bias is not None and layer.bias.requires_grad:
-            g_rows = g[:, 0] if g.shape[1] == 1 else g.sum(1)
-            out["bias"] = weights.to(g.dtype) @ g_rows
+            out["bias"] = weights.to(g.dtype) @ bias_grads
         return out
 
     def per_sample_grads(self, layer: nn.Linear, records: list[Record]) -> dict[str, Tensor]:

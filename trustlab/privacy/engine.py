@@ -131,7 +131,8 @@ class GradSampleTracker:
                 layer_norms[layer], states[layer] = kernel.sq_norms(layer, recs)
         for p, grads in shared.items():
             layer_norms[None] = layer_norms.get(None, 0.0) + grads.flatten(1).square().sum(1)
-        norms = sum(layer_norms.values()) * scale ** 2
+        first, *rest = layer_norms.values()
+        norms = sum(rest, first) * scale ** 2
         self._check_finite(norms, layer_norms)
         self.last_sq_norms = norms
         weights = clip_factors(norms, self.max_grad_norm) * scale
@@ -144,8 +145,9 @@ class GradSampleTracker:
         self.samples += batch
 
     def _check_finite(self, norms: Tensor, layer_norms: dict[nn.Module | None, Tensor]) -> None:
-        """One check on the summed norms (NaN/inf propagate); name the layer only on failure."""
-        if bool(torch.isfinite(norms).all()):
+        """One check on the sum of the norms (NaN/inf propagate); per sample, naming the
+        layer, only when it fails."""
+        if bool(norms.sum().isfinite()) or bool(torch.isfinite(norms).all()):
             return
         where = next((f"layer {self.layers[layer]!r}" if layer is not None else "a shared "
                       "parameter" for layer, n in layer_norms.items()
