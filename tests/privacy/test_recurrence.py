@@ -11,13 +11,13 @@ from trustlab.privacy import DPGRU, DPLSTM
 from trustlab.privacy.engine import GradSampleTracker
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("bidirectional, bias", [(False, True), (True, True), (False, False)])
 @pytest.mark.parametrize("dp_cls, torch_cls", [(DPLSTM, nn.LSTM), (DPGRU, nn.GRU)])
-def test_tapped_recurrence_matches_torch(dp_cls, torch_cls, bidirectional):
+def test_tapped_recurrence_matches_torch(dp_cls, torch_cls, bidirectional, bias):
     """Outputs, final states and the gradients of input, h0 and c0 equal PyTorch's fused RNN
     while the engine taps the DP layer (the path that runs the hand-written BPTT)."""
     torch.manual_seed(1)
-    ref = torch_cls(3, 5, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    ref = torch_cls(3, 5, num_layers=2, bias=bias, batch_first=True, bidirectional=bidirectional)
     dp = dp_cls.from_module(ref)
     tracker = GradSampleTracker(dp, max_grad_norm=1.0, loss_reduction="sum")
     tracker.attach()
