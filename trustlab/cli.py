@@ -31,16 +31,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                 accountant=args.accountant, settings=settings, out=args.out,
                                 dataset_path=args.data_path)
     elif args.adv_train:
-        from trustlab.attacks.defences import adversarial_training
-        from trustlab.train.data import load_dataset
+        from trustlab.attacks.defences import train_adversarial
 
-        data = load_dataset(args.dataset, seed=args.seed, path=args.data_path)
-        trained = train(args.arch, args.dataset, settings=settings, out=args.out, data=data,
-                        perturb=adversarial_training(data, eps=args.adv_eps,
-                                                     steps=args.adv_steps, seed=args.seed),
-                        extra_meta={"adversarial_training": {"method": "pgd", "norm": "inf",
-                                                             "eps": args.adv_eps,
-                                                             "steps": args.adv_steps}})
+        trained = train_adversarial(args.arch, args.dataset, eps=args.adv_eps,
+                                    steps=args.adv_steps, method=args.adv_method,
+                                    settings=settings, out=args.out, dataset_path=args.data_path)
     else:
         trained = train(args.arch, args.dataset, settings=settings, out=args.out,
                         dataset_path=args.data_path)
@@ -167,12 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     private.add_argument("--delta", type=float, default=1e-5)
     private.add_argument("--max-grad-norm", type=float, default=1.0, help="clipping bound C")
     private.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
-    robust = train.add_argument_group("adversarial training (PGD, Madry et al.)")
+    robust = train.add_argument_group("adversarial training (TRADES or Madry et al.'s PGD)")
     robust.add_argument("--adv-train", action="store_true",
-                        help="train on L∞ PGD adversarial examples of every batch")
+                        help="train against L∞ PGD adversarial examples of every batch (a "
+                             "twice wider CNN)")
+    robust.add_argument("--adv-method", choices=("trades", "madry"), default="trades",
+                        help="trades: clean loss + 6·KL to the adversarial prediction; "
+                             "madry: loss on the adversarial examples")
     robust.add_argument("--adv-eps", type=float, default=0.1,
                         help="L∞ radius (pixel units; tabular: standard deviations)")
-    robust.add_argument("--adv-steps", type=int, default=7, help="PGD steps per batch")
+    robust.add_argument("--adv-steps", type=int, default=10, help="PGD steps per batch")
     train.set_defaults(handler=_cmd_train)
 
     demo = commands.add_parser("demo", help="train the reference zoo, audit it, fill the store")

@@ -2,7 +2,8 @@
 
 ``fit`` is generic; two hooks let the layers above change it without copying it:
 ``wrap(model, optimizer, loader)`` returns replacements (the DP engine's ``make_private``) and
-``perturb(model, x, y)`` returns the inputs to train on (adversarial training).
+``objective(model, x, y)`` returns a batch's training loss in place of the task loss
+(adversarial training).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from trustlab.train.zoo import InputSpec, arch_info, build_model, full_config
 
 Wrap = Callable[[nn.Module, torch.optim.Optimizer, DataLoader],
                 tuple[nn.Module, torch.optim.Optimizer, DataLoader]]
-Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -125,7 +126,7 @@ def evaluate(model: nn.Module, split: Split, task: str, device: torch.device | s
 
 
 def fit(model: nn.Module, data: DataBundle, task: str, settings: TrainSettings, *,
-        wrap: Wrap | None = None, perturb: Perturb | None = None,
+        wrap: Wrap | None = None, objective: Objective | None = None,
         show_progress: bool = True) -> tuple[nn.Module, list[dict]]:
     """Train ``model`` on ``data.splits['train']``; keep the weights with the lowest ``val`` loss."""
     seed_everything(settings.seed)
@@ -154,11 +155,9 @@ def fit(model: nn.Module, data: DataBundle, task: str, settings: TrainSettings, 
                 if len(xb) == 0:  # Poisson sampling can draw an empty batch: the step still counts
                     optimizer.step()
                     continue
-                if perturb is not None:
-                    xb = perturb(model, xb, yb)
-                    model.train()
                 with autocast:
-                    loss = loss_fn(model(xb), xb, yb)
+                    loss = (objective(model, xb, yb) if objective is not None
+                            else loss_fn(model(xb), xb, yb))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss at epoch {epoch}: "
                                              "lower the learning rate")
@@ -208,7 +207,7 @@ def input_spec_for(data: DataBundle) -> InputSpec:
 def train(arch: str, dataset: str, *, settings: TrainSettings | None = None,
           config: dict | None = None, out: str | Path | None = None,
           dataset_path: str | Path | None = None, data: DataBundle | None = None,
-          wrap: Wrap | None = None, perturb: Perturb | None = None,
+          wrap: Wrap | None = None, objective: Objective | None = None,
           extra_meta: dict | None = None, show_progress: bool = True) -> TrainedModel:
     """Train zoo architecture ``arch`` on ``dataset``; write a checkpoint to ``out`` if given."""
     info = arch_info(arch)
@@ -221,7 +220,7 @@ def train(arch: str, dataset: str, *, settings: TrainSettings | None = None,
     spec = input_spec_for(data)
     model = build_model(arch, spec, config)
     started = time.perf_counter()
-    model, history = fit(model, data, info.task, settings, wrap=wrap, perturb=perturb,
+    model, history = fit(model, data, info.task, settings, wrap=wrap, objective=objective,
                          show_progress=show_progress)
     wall = time.perf_counter() - started
     device = next(model.parameters()).device
