@@ -7,9 +7,9 @@ the browser.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from trustlab.dashboard import APP, STORE_ENV
 from trustlab.errors import TrustlabError
@@ -33,15 +33,15 @@ def dashboard_env(store: str | Path) -> dict[str, str]:
     return {**os.environ, STORE_ENV: str(root.resolve())}
 
 
-def launch(store: str | Path = "store", port: int = 8501, address: str = "localhost") -> int:
-    """Serve the dashboard for ``store`` at http://<address>:<port> until interrupted."""
+def launch(store: str | Path = "store", port: int = 8501, address: str = "localhost") -> NoReturn:
+    """Serve the dashboard for ``store`` at http://<address>:<port> until interrupted.
+
+    This process becomes the Streamlit server (exec), so a SIGTERM from a process manager, a
+    container stop or a test stops the server itself instead of orphaning it."""
     if not 1 <= port <= 65535:
         raise TrustlabError(f"--port must be between 1 and 65535, got {port}")
     env = dashboard_env(store)
     print(f"trustlab dashboard on http://{address}:{port} (store {env[STORE_ENV]}); "
-          "Ctrl-C stops it", file=sys.stderr)
-    server = subprocess.Popen(streamlit_command(port, address), env=env)
-    try:
-        return server.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached Streamlit too; let it finish shutting down
-        return server.wait()
+          "Ctrl-C stops it", file=sys.stderr, flush=True)
+    command = streamlit_command(port, address)
+    os.execve(command[0], command, env)
