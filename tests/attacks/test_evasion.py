@@ -10,7 +10,8 @@ from torch import nn
 
 from trustlab.attacks.art_adapter import art_classifier, input_domain, require_gradients
 from trustlab.attacks.autoattack import apgd, autoattack
-from trustlab.attacks.evasion import carlini_wagner, evaluate_attack, fgsm, make_threat, pgd
+from trustlab.attacks.evasion import (carlini_wagner, evaluate_attack, fgsm, hopskipjump,
+                                      make_threat, pgd)
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.train.data import load_dataset
 from trustlab.train.zoo import InputSpec, build_model
@@ -49,6 +50,14 @@ def test_fgsm_is_one_signed_step_of_size_eps(digits_sample):
     assert moved.max() <= 0.1 + 1e-6
     interior = (X > 0.1) & (X < 0.9)
     assert np.isclose(moved[interior], 0.1, atol=1e-6).mean() > 0.9
+
+
+def test_hopskipjump_runs_on_images_within_the_ball(digits_cnn, digits_sample):
+    """ART's HopSkipJump draws float64 starts; the float32 CNN must still take them."""
+    model, X, y, domain = digits_sample
+    X_adv = hopskipjump(model, X[:4], y[:4], digits_cnn.data, make_threat(domain, 0.1),
+                        max_iter=2, max_eval=20, init_eval=5)
+    assert X_adv.shape == X[:4].shape and np.abs(X_adv - X[:4]).max() <= 0.1 + 1e-5
 
 
 def test_our_apgd_is_at_least_as_strong_as_art(digits_cnn, digits_sample):

@@ -220,6 +220,17 @@ def square(model: nn.Module, X: np.ndarray, y: np.ndarray, data: DataBundle, thr
     return attack.generate(X, y=y)
 
 
+class AsFloat32(nn.Module):
+    """Casts inputs to float32 first: ART's HopSkipJump draws its random start in float64."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.float())
+
+
 def hopskipjump(model: nn.Module, X: np.ndarray, y: np.ndarray, data: DataBundle,
                 threat: Threat, *, max_iter: int = 10, max_eval: int = 100,
                 init_eval: int = 10, seed: int = 0) -> np.ndarray:
@@ -228,7 +239,7 @@ def hopskipjump(model: nn.Module, X: np.ndarray, y: np.ndarray, data: DataBundle
     from art.attacks.evasion import HopSkipJump
 
     np.random.seed(seed)
-    attack = HopSkipJump(art_classifier(model, data, domain=threat.domain),
+    attack = HopSkipJump(art_classifier(AsFloat32(model), data, domain=threat.domain),
                          norm=np.inf if threat.norm == "inf" else 2, max_iter=max_iter,
                          max_eval=max_eval, init_eval=init_eval, verbose=False)
     X_adv = attack.generate(X, mask=threat.domain.mask if data.modality == "tabular" else None)
