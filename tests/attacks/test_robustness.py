@@ -114,12 +114,14 @@ def standard_and_robust(digits_cnn):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # trains a wide CNN 40 epochs against 10-step PGD
 def test_adversarial_training_raises_pgd_accuracy_by_30_points(standard_and_robust):
     standard, robust = (_robust_accuracy(s.clean_model(), s, "pgd") for s in standard_and_robust)
     assert robust - standard >= 0.30, (standard, robust)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # trains a wide CNN 40 epochs against 10-step PGD
 def test_adversarial_training_gain_is_not_gradient_masking(standard_and_robust):
     """AutoAttack (with the gradient-free Square) keeps most of the PGD gain."""
     standard, robust = (_robust_accuracy(s.clean_model(), s, "autoattack")
