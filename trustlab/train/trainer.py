@@ -128,7 +128,8 @@ def evaluate(model: nn.Module, split: Split, task: str, device: torch.device | s
 def fit(model: nn.Module, data: DataBundle, task: str, settings: TrainSettings, *,
         wrap: Wrap | None = None, objective: Objective | None = None,
         show_progress: bool = True) -> tuple[nn.Module, list[dict]]:
-    """Train ``model`` on ``data.splits['train']``; keep the weights with the lowest ``val`` loss."""
+    """Train ``model`` on ``data.splits['train']``; keep the weights with the lowest ``val`` loss
+    (the last weights with ``settings.early_stopping=False``)."""
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     model.to(device)
