@@ -44,9 +44,9 @@ def outcome(method: str, setting: str, y_true: np.ndarray, y_pred: np.ndarray,
             codes: np.ndarray, n_groups: int, keep_groups: np.ndarray) -> Outcome:
     """Score predictions with the same disparity definitions as the audit. ``y_pred`` may be
     P(ŷ = 1) of a randomised predictor: its expected accuracy and disparities are scored."""
-    counts = expected_confusion_counts(y_true, y_pred, codes, n_groups)
-    gaps = disparities(counts[keep_groups])
-    accuracy = (counts[:, 0].sum() + counts[:, 3].sum()) / max(counts.sum(), 1)
+    gaps = disparities(expected_confusion_counts(y_true, y_pred, codes, n_groups)[keep_groups])
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred, dtype=float)
+    accuracy = np.mean(np.where(y_true == 1, y_pred, 1 - y_pred))  # every row, grouped or not
     return Outcome(method, setting, float(accuracy), float(gaps["equalized_odds_difference"]),
                    float(gaps["demographic_parity_difference"]))
 
