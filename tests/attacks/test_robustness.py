@@ -129,12 +129,10 @@ def test_adversarial_training_gain_is_not_gradient_masking(standard_and_robust):
     assert robust - standard >= 0.25, (standard, robust)
 
 
-@pytest.mark.slow
 def test_masking_checks_catch_defensive_distillation(digits_cnn):
     from trustlab.attacks.defences import defensive_distillation
 
-    student = defensive_distillation(digits_cnn.clean_model(), "cnn", digits_cnn.data,
-                                     temperature=100, epochs=10)
+    student = defensive_distillation(digits_cnn.clean_model(), "cnn", digits_cnn.data)
     distilled = Subject("digits-cnn-distilled", student, digits_cnn.data, digits_cnn.meta)
     result = _audit(distilled)
     failed = [k for k, v in result.metrics.items() if k.startswith(MASKING) and v.value == 0.0]

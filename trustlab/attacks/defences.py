@@ -101,21 +101,27 @@ def train_adversarial(arch: str, dataset: str, *, eps: float = 0.1, steps: int =
 
 
 def defensive_distillation(teacher: nn.Module, arch: str, data: DataBundle, *,
-                           temperature: float = 50.0, epochs: int = 10, lr: float = 2e-3,
+                           temperature: float = 100.0, epochs: int = 40, lr: float = 2e-3,
                            batch_size: int = 64, config: dict | None = None,
                            seed: int = 0) -> nn.Module:
-    """Train a fresh ``arch`` on the teacher's soft labels at ``temperature`` and deploy it at
-    temperature 1: its logits are ~``temperature``× larger, so its softmax saturates and the
-    cross-entropy gradient vanishes — robustness that is mostly gradient masking."""
+    """Papernot et al.'s distillation: train a fresh ``arch`` at ``temperature`` on the teacher's
+    probabilities and deploy it at temperature 1.
+
+    In the paper the teacher is itself trained at temperature T, so its softmax at T gives
+    ordinary probabilities; the audited ``teacher`` was trained at T = 1, so its ordinary softmax
+    plays that part. The student's logits divided by T fit them, so deployed at T = 1 its logits
+    are ~``temperature``× larger: its softmax saturates and the cross-entropy gradient vanishes
+    (robustness that is gradient masking, Carlini & Wagner 2016). The logits must grow T×, so
+    the student trains ``epochs`` without weight decay (5–10 epochs leave them small: no effect)."""
     if temperature <= 0 or epochs < 1:
         raise ConfigError(f"need temperature > 0 and epochs >= 1, got {temperature}, {epochs}")
     seed_everything(seed)
     X = data.splits["train"].X
-    soft = torch.softmax(torch.from_numpy(predict(teacher, X)) / temperature, dim=1)
+    soft = torch.softmax(torch.from_numpy(predict(teacher, X)), dim=1)
     student = build_model(arch, input_spec_for(data), config)
     loader = DataLoader(TensorDataset(torch.from_numpy(X), soft), batch_size=batch_size,
                         shuffle=True, generator=torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     student.train()
     for _ in range(epochs):
         for xb, pb in loader:

@@ -330,9 +330,9 @@ class _Run:
         self.result.add_metric("detector.false_positive_rate", false_positive)
 
     def _distillation(self) -> None:
-        temperature = float(self.config.params.get("distillation_temperature", 50.0))
+        temperature = float(self.config.params.get("distillation_temperature", 100.0))
         student = defensive_distillation(self.model, self.subject.arch, self.data,
-                                         temperature=temperature, epochs=5, seed=self.config.seed)
+                                         temperature=temperature, seed=self.config.seed)
         clean = predict(student, self.X).argmax(1)
         self._rate("distillation.clean_accuracy", clean == self.y)
         curve, inputs = {}, {}
