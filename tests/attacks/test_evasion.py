@@ -43,6 +43,18 @@ def test_our_pgd_matches_art_pgd(digits_cnn, digits_sample, norm, eps):
     assert ours_acc < evaluate_attack(model, X, y, X).robust_accuracy  # the attack did something
 
 
+def test_pgd_restarts_keep_the_first_success_and_attack_only_standing_points(digits_sample):
+    model, X, y, domain = digits_sample
+    threat = make_threat(domain, 0.1)
+    one = pgd(model, X, y, threat, steps=10, seed=3)
+    three = pgd(model, X, y, threat, steps=10, restarts=3, seed=3)
+    fooled_first = ~evaluate_attack(model, X, y, one).robust
+    np.testing.assert_array_equal(three[fooled_first], one[fooled_first])
+    robust_three = evaluate_attack(model, X, y, three).robust
+    assert not (robust_three & fooled_first).any() and robust_three.sum() <= (~fooled_first).sum()
+    assert np.abs(three - X).max() <= 0.1 + 1e-6
+
+
 def test_fgsm_is_one_signed_step_of_size_eps(digits_sample):
     model, X, y, domain = digits_sample
     X_adv = fgsm(model, X, y, make_threat(domain, 0.1))

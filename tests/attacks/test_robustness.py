@@ -95,7 +95,8 @@ def _robust_accuracy(model, subject, attack, eps=0.1):
     threat = make_threat(input_domain(subject.data), eps)
     if attack == "autoattack":
         return autoattack(model, test.X, test.y, subject.data, threat).robust_accuracy
-    X_adv = pgd(model, test.X, test.y, threat, steps=40)
+    # 5 restarts: one start leaves the standard CNN ~3 points above AutoAttack (0.636 vs 0.606)
+    X_adv = pgd(model, test.X, test.y, threat, steps=40, restarts=5)
     return evaluate_attack(model, test.X, test.y, X_adv).robust_accuracy
 
 

@@ -34,6 +34,20 @@ def test_noise_std_is_sigma_times_c():
     assert abs(noise.mean().item()) < 4 * 1.3 * 0.7 / n ** 0.5
 
 
+def test_noise_is_the_seeded_generators_sequence():
+    """Each step's noise is the next draw of the generator seeded with ``noise_seed``, laid out
+    over the parameters in order (reproducible runs, one draw per step)."""
+    model, opt, _ = _setup(noise_multiplier=1.3, max_grad_norm=0.7, poisson_sampling=False)
+    generator = torch.Generator().manual_seed(0)
+    size = sum(p.numel() for p in model.parameters())
+    for _ in range(3):
+        opt.zero_grad()
+        opt.step()
+        expected = torch.randn(size, generator=generator) * 1.3 * 0.7 / opt.expected_batch_size
+        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.parameters()]),
+                                   expected)
+
+
 def test_average_divides_by_expected_not_realised_batch_size():
     model, opt, loader = _setup(noise_multiplier=0.0, max_grad_norm=1e6)
     assert opt.expected_batch_size == pytest.approx(16)

@@ -143,7 +143,8 @@ def pgd(model: nn.Module, X: np.ndarray, y: np.ndarray, threat: Threat, *, steps
     """Madry et al.'s PGD: ``steps`` projected steepest-ascent steps on cross-entropy.
 
     ``step_size`` defaults to 2.5·ε/steps. With several ``restarts`` a point keeps the first
-    restart that fools the model (the last one otherwise), as ART does.
+    restart that fools the model (the last one otherwise), as ART does; a restart attacks only
+    the points still standing (as AutoAttack does), so restarts cost little on a weak model.
     """
     if steps < 1 or restarts < 1:
         raise ConfigError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
@@ -157,13 +158,14 @@ def pgd(model: nn.Module, X: np.ndarray, y: np.ndarray, threat: Threat, *, steps
         best = x.clone()
         fooled = torch.zeros(len(x), dtype=torch.bool)
         for _ in range(restarts):
-            x_adv = pgd_tensor(model, x, target, threat, steps=steps, step_size=step,
-                               random_init=random_init, generator=generator)
+            standing = (~fooled).nonzero().flatten()
+            if not len(standing):
+                break
+            x_adv = pgd_tensor(model, x[standing], target[standing], threat, steps=steps,
+                               step_size=step, random_init=random_init, generator=generator)
             with torch.no_grad():
-                wrong = model(x_adv).argmax(1) != target
-            take = ~fooled
-            best[take] = x_adv[take]
-            fooled |= wrong
+                fooled[standing] = model(x_adv).argmax(1) != target[standing]
+            best[standing] = x_adv
         out[start:start + len(x)] = best.numpy()
     return out
 

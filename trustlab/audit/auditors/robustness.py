@@ -34,10 +34,12 @@ from trustlab.train.trainer import predict
 
 DEFAULT_EPS = {"image": [0.05, 0.1, 0.2, 0.3], "tabular": [0.1, 0.25, 0.5, 1.0]}
 BUDGETS = {  # per tier: points attacked and attack strengths (smoke ≤ ~8 s per model)
-    "smoke": {"points": {"image": 64, "tabular": 128}, "pgd_steps": 10, "square_queries": 100,
+    "smoke": {"points": {"image": 64, "tabular": 128}, "pgd_steps": 10, "pgd_restarts": 1,
+              "square_queries": 100,
               "apgd_iter": 0, "minimal_points": 0, "hsj_points": 0, "smoothing_points": 0,
               "backdoor_epochs": 0, "detector": False, "distillation": False},
-    "full": {"points": {"image": 400, "tabular": 1000}, "pgd_steps": 40, "square_queries": 1000,
+    "full": {"points": {"image": 400, "tabular": 1000}, "pgd_steps": 40, "pgd_restarts": 5,
+             "square_queries": 1000,
              "apgd_iter": 100, "minimal_points": 100, "hsj_points": 30, "smoothing_points": 200,
              "backdoor_epochs": 8, "detector": True, "distillation": True},
 }
@@ -165,7 +167,7 @@ class _Run:
     def _pgd_curve(self) -> None:
         for eps, threat in self.threats.items():
             X_adv = ev.pgd(self.model, self.X, self.y, threat, steps=self.budget["pgd_steps"],
-                           seed=self.config.seed)
+                           restarts=self.budget["pgd_restarts"], seed=self.config.seed)
             outcome = self._score(f"pgd_linf@{eps}", X_adv)
             self.pgd_curve[eps] = self._rate(f"pgd_linf.{eps_name(eps)}.robust_accuracy",
                                              outcome.robust)
