@@ -118,31 +118,43 @@ class GradSampleTracker:
         if batch == 0:  # an empty Poisson batch contributes nothing; step() still adds noise
             return
         scale = float(batch) if self.loss_reduction == "mean" else 1.0
-        layer_norms: dict[nn.Module | None, Tensor] = {}
-        states: dict[nn.Module, Any] = {}
-        shared: dict[Tensor, Tensor] = {}
-        for layer, recs in pending.items():
-            kernel = kernel_for(layer)
-            if layer in self.shared:
-                for name, grads in kernel.per_sample_grads(layer, recs).items():
-                    p = getattr(layer, name)
-                    shared[p] = grads + shared[p] if p in shared else grads
-            else:
-                layer_norms[layer], states[layer] = kernel.sq_norms(layer, recs)
-        for p, grads in shared.items():
-            layer_norms[None] = layer_norms.get(None, 0.0) + grads.flatten(1).square().sum(1)
+        layer_norms, states, shared = self._sq_norms(pending)
         first, *rest = layer_norms.values()
         norms = sum(rest, first) * scale ** 2
         self._check_finite(norms, layer_norms)
         self.last_sq_norms = norms
         weights = clip_factors(norms, self.max_grad_norm) * scale
-        for layer, state in states.items():
-            for name, grad in kernel_for(layer).clipped_sum(layer, pending[layer], state,
+        # smallest layers first, each layer's records dropped once its sum is formed: the
+        # largest layer's temporaries then coexist with little else (the peak of the flush)
+        for layer in sorted(states, key=lambda layer: _record_bytes(pending[layer])):
+            records, state = pending.pop(layer), states.pop(layer)
+            for name, grad in kernel_for(layer).clipped_sum(layer, records, state,
                                                             weights).items():
                 self._add(getattr(layer, name), grad)
+            del records, state
         for p, grads in shared.items():
             self._add(p, scale_accumulate(grads.flatten(1), weights).view_as(p))
         self.samples += batch
+
+    def _sq_norms(self, pending: dict[nn.Module, list[Record]]
+                  ) -> tuple[dict[nn.Module | None, Tensor], dict[nn.Module, Any],
+                             dict[Tensor, Tensor]]:
+        """Per-layer squared norms (shared parameters under the key None), each layer's state
+        for its clipped sum, and the materialised per-sample gradients of shared parameters."""
+        layer_norms: dict[nn.Module | None, Tensor] = {}
+        states: dict[nn.Module, Any] = {}
+        shared: dict[Tensor, Tensor] = {}
+        for layer, records in pending.items():
+            kernel = kernel_for(layer)
+            if layer in self.shared:
+                for name, grads in kernel.per_sample_grads(layer, records).items():
+                    p = getattr(layer, name)
+                    shared[p] = grads + shared[p] if p in shared else grads
+            else:
+                layer_norms[layer], states[layer] = kernel.sq_norms(layer, records)
+        for grads in shared.values():
+            layer_norms[None] = layer_norms.get(None, 0.0) + grads.flatten(1).square().sum(1)
+        return layer_norms, states, shared
 
     def _check_finite(self, norms: Tensor, layer_norms: dict[nn.Module | None, Tensor]) -> None:
         """One check on the sum of the norms (NaN/inf propagate); per sample, naming the
@@ -166,6 +178,10 @@ class GradSampleTracker:
         self.records.clear()
         self.summed.clear()
         self.samples = 0
+
+
+def _record_bytes(records: list[Record]) -> int:
+    return sum(r.a.nbytes + r.g.nbytes for r in records)
 
 
 class DPOptimizer(torch.optim.Optimizer):
