@@ -31,11 +31,19 @@ class Estimate:
 
 def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, codes: np.ndarray,
                      n_groups: int) -> np.ndarray:
-    """(n_groups, 4) counts of tn, fp, fn, tp per group; rows with code -1 are ignored."""
+    """(n_groups, 4) counts of tn, fp, fn, tp per group; rows with code -1 are ignored.
+
+    ``y_pred`` may hold P(ŷ = 1) per row (a randomised predictor, float): the counts are then
+    the expected counts. Hard 0/1 predictions give integer counts."""
     keep = codes >= 0
-    cell = 2 * np.asarray(y_true)[keep].astype(np.int64) + np.asarray(y_pred)[keep].astype(np.int64)
-    flat = np.bincount(codes[keep] * 4 + cell, minlength=4 * n_groups)
-    return flat.reshape(n_groups, 4)
+    y, g = np.asarray(y_true)[keep].astype(np.int64), codes[keep]
+    p = np.asarray(y_pred)[keep]
+    if not np.issubdtype(p.dtype, np.floating):
+        return np.bincount(g * 4 + 2 * y + p.astype(np.int64),
+                           minlength=4 * n_groups).reshape(n_groups, 4)
+    positive = np.bincount(g * 4 + 2 * y + 1, weights=p, minlength=4 * n_groups)
+    negative = np.bincount(g * 4 + 2 * y, weights=1 - p, minlength=4 * n_groups)
+    return (positive + negative).reshape(n_groups, 4)
 
 
 def rates(counts: np.ndarray) -> dict[str, np.ndarray]:

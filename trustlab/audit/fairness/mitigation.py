@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from trustlab.audit.fairness.bootstrap import disparities
+from trustlab.audit.fairness.bootstrap import confusion_counts, disparities
 from trustlab.errors import ConfigError
 from trustlab.train.trainer import seed_everything
 
@@ -44,23 +44,11 @@ def outcome(method: str, setting: str, y_true: np.ndarray, y_pred: np.ndarray,
             codes: np.ndarray, n_groups: int, keep_groups: np.ndarray) -> Outcome:
     """Score predictions with the same disparity definitions as the audit. ``y_pred`` may be
     P(ŷ = 1) of a randomised predictor: its expected accuracy and disparities are scored."""
-    gaps = disparities(expected_confusion_counts(y_true, y_pred, codes, n_groups)[keep_groups])
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred, dtype=float)
+    gaps = disparities(confusion_counts(y_true, y_pred, codes, n_groups)[keep_groups])
     accuracy = np.mean(np.where(y_true == 1, y_pred, 1 - y_pred))  # every row, grouped or not
     return Outcome(method, setting, float(accuracy), float(gaps["equalized_odds_difference"]),
                    float(gaps["demographic_parity_difference"]))
-
-
-def expected_confusion_counts(y_true: np.ndarray, p_positive: np.ndarray, codes: np.ndarray,
-                              n_groups: int) -> np.ndarray:
-    """(n_groups, 4) expected tn, fp, fn, tp per group when row i is predicted positive with
-    probability ``p_positive[i]`` (hard 0/1 predictions give the plain counts)."""
-    keep = codes >= 0
-    y, p, g = (np.asarray(y_true)[keep].astype(np.int64), np.asarray(p_positive, float)[keep],
-               codes[keep])
-    positive = np.bincount(g * 4 + 2 * y + 1, weights=p, minlength=4 * n_groups)
-    negative = np.bincount(g * 4 + 2 * y, weights=1 - p, minlength=4 * n_groups)
-    return (positive + negative).reshape(n_groups, 4)
 
 
 def expected_predictions(predict, *, draws: int = 100, seed: int = 0) -> np.ndarray:
