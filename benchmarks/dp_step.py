@@ -1,13 +1,21 @@
 """Time one full DP-SGD optimizer step: non-private vs Opacus (hooks, ghost) vs trustlab.
 
     python benchmarks/dp_step.py [--device cpu|cuda] [--batch 128 512] [--rounds 15] [--threads N]
-                                 [--json FILE]
+                                 [--malloc keep|default] [--json FILE]
 
 Methods are interleaved round by round and the median step time is reported, so load from
 other processes hits all methods alike. Peak memory is the step's high-water mark above the
 memory held before it (CUDA: max_memory_allocated; CPU: the peak of the running sum of
 torch.profiler's per-op allocations and frees, in time order; an op's temporaries freed inside
 it are not seen).
+
+CPU allocator: glibc returns freed memory to the OS by heuristics (a dynamic mmap threshold,
+heap trimming) that depend on everything allocated before in the process, so whether a step
+re-faults tens of MB of fresh pages (measured: 0 to 180 MiB per CNN step, ~1 ms per 4 MiB)
+changes with the other methods interleaved beside it, by +-30% of a step. ``--malloc keep``
+(the default) turns trimming off and fixes the mmap threshold, for every method alike, as a
+caching allocator (jemalloc, tcmalloc, PyTorch's CUDA allocator) would; ``--malloc default``
+measures glibc as it comes.
 """
 
 from __future__ import annotations
@@ -120,6 +128,21 @@ def peak_memory(step: Callable[[], None], device: str) -> int:
     return peak
 
 
+def keep_freed_memory() -> bool:
+    """glibc: keep freed memory in the process (no trimming, mmap only above 32 MiB), so that
+    steady-state steps reuse pages instead of faulting fresh ones. False where not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        return bool(libc.mallopt(m_trim_threshold, 2**31 - 1)
+                    and libc.mallopt(m_mmap_threshold, 32 * 2**20))
+    except (OSError, AttributeError):
+        return False
+
+
 def run(models: list[str], batches: list[int], rounds: int, device: str) -> list[dict]:
     records = []
     for name in models:
@@ -165,12 +188,16 @@ def main() -> None:
     parser.add_argument("--json", help="write the records to this file")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; "
                         "1 gives stable ratios on a loaded machine)")
+    parser.add_argument("--malloc", default="keep", choices=["keep", "default"],
+                        help="CPU allocator: keep freed memory (no trimming; default) or "
+                        "glibc's defaults (see the module docstring)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = "keep" if args.malloc == "keep" and keep_freed_memory() else "default"
     warnings.filterwarnings("ignore")
     print(f"# {datetime.date.today()} device={args.device} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()}")
+          f"threads={torch.get_num_threads()} malloc={malloc}")
     records = run(args.models, args.batch, args.rounds, args.device)
     if args.json:
         with open(args.json, "w") as f:

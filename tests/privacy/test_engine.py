@@ -109,6 +109,18 @@ def test_conv2d_edge_cases(kwargs):
     check(_pool_model(model), torch.randn(4, 4, 7, 7), torch.randint(0, 3, (4,)))
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(stride=2, dilation=(2, 1), padding=1),  # stride and dilation swap roles
+    dict(stride=3, padding=(0, 2)),  # the forward-conv output has rows left over to crop
+])
+def test_conv2d_with_one_input_channel_per_group(kwargs):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, **kwargs), nn.ReLU(),
+                          nn.Conv2d(4, 8, 3, groups=4, **kwargs), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 3))
+    check(model, torch.randn(4, 1, 11, 11), torch.randint(0, 3, (4,)))
+
+
 def _width(kwargs: dict) -> int:
     return nn.Conv2d(4, 6, 3, **kwargs)(torch.zeros(1, 4, 7, 7)).flatten(2).shape[-1]
 
@@ -122,11 +134,14 @@ class _Mean(nn.Module):
         return x.mean(1)
 
 
-@pytest.mark.parametrize("fold_chunk", [128, 2])
-def test_conv1d_with_groups_and_stride(fold_chunk, monkeypatch):
+@pytest.mark.parametrize("fold_chunk, keep_limit", [(128, None), (2, None), (2, 0)])
+def test_conv1d_with_groups_and_stride(fold_chunk, keep_limit, monkeypatch):
     from trustlab.kernels import conv
 
     monkeypatch.setattr(conv, "FOLD_CHUNK", fold_chunk)  # 2: samples folded in uneven chunks
+    if keep_limit is not None:  # records keep (x, g); norms formed a few samples at a time
+        monkeypatch.setattr(conv, "KEEP_LIMIT_ELEMS", keep_limit)
+        monkeypatch.setattr(conv, "CHUNK_ELEMS", 40)
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv1d(4, 8, 3, stride=2, groups=4, padding=1), nn.ReLU(),
                           nn.Conv1d(8, 3, 2, dilation=2), _Mean(), nn.Linear(3 * 0 + 4, 3))

@@ -27,7 +27,7 @@ from trustlab.kernels.clip import scale_accumulate
 from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel, stack_sequences, use_triton
 
 GHOST, DIRECT, DIRECT_KEEP = "ghost", "direct", "direct_keep"
-_CHUNK_ELEMS = 1 << 24  # per-sample gradient elements per chunk on the non-kept direct path
+CHUNK_ELEMS = 1 << 24  # per-sample gradient elements per chunk on the non-kept direct path
 KEEP_LIMIT_ELEMS = 1 << 26  # at most this many kept per-sample gradient elements per layer
 
 
@@ -71,7 +71,7 @@ def per_sample_weight_grads(a: Tensor, g: Tensor) -> Tensor:
 def direct_sq_norms(a: Tensor, g: Tensor) -> Tensor:
     """``||g_i^T a_i||_F^2`` by materialising per-sample gradients a batch chunk at a time."""
     per_sample = a.shape[2] * g.shape[2]
-    step = max(1, _CHUNK_ELEMS // max(per_sample, 1))
+    step = max(1, CHUNK_ELEMS // max(per_sample, 1))
     return torch.cat([per_sample_weight_grads(a[i:i + step], g[i:i + step]).square().sum((1, 2))
                       for i in range(0, a.shape[0], step)]) if a.shape[0] else a.new_zeros(0)
 
