@@ -138,10 +138,12 @@ def per_sample_weight_grads(records: list[Record], rows: slice = slice(None)) ->
 
 def _per_sample_record(record: Record, weight: bool) -> Record:
     """The call's per-sample gradients as the record: ``a`` the flat (B, numel) weight
-    gradients (empty when the weight is frozen), ``g`` the (B, out) bias gradients."""
+    gradients (empty when the weight is frozen), ``g`` the (B, out) bias gradients; their
+    squared norms (``meta["sq_norms"]``) taken while they are still in cache."""
     x, g = record.a, record.g
     grads = _weight_grads(record, slice(None)) if weight and len(x) else g.new_zeros(len(x), 0)
-    return Record(grads, g.flatten(2).sum(2), meta={**record.meta, "per_sample": True})
+    return Record(grads, g.flatten(2).sum(2),
+                  meta={**record.meta, "per_sample": True, "sq_norms": row_sq_norms(grads)})
 
 
 def _bias_grads(records: list[Record]) -> Tensor:
@@ -164,7 +166,7 @@ class Conv2dKernel(LayerKernel):
         if layer.weight.requires_grad and batch:
             if all(r.meta.get("per_sample") for r in records):
                 kept = per_sample_weight_grads(records)
-                total += row_sq_norms(kept)
+                total += records[0].meta["sq_norms"] if len(records) == 1 else row_sq_norms(kept)
             else:  # a slice of samples at a time, reduced to norms and dropped
                 total += torch.cat([row_sq_norms(per_sample_weight_grads(records, rows))
                                     for rows in _row_slices(records)])

@@ -42,6 +42,11 @@ class _LayerNormTap(torch.autograd.Function):
 
 
 class _GroupNormTap(torch.autograd.Function):
+    """GroupNorm whose backward also yields the per-sample affine gradients, in the same
+    ATen call: with the batch folded into the groups (one sample of B·groups groups, the
+    weight repeated B times) the input gradient is unchanged (each (sample, group) is
+    normalised on its own) and the weight and bias gradients come out per sample."""
+
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int,
                 eps: float, sink: Sink) -> Tensor:
@@ -56,37 +61,20 @@ class _GroupNormTap(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple:
         x, weight, mean, rstd = ctx.saved_tensors
         n, c = x.shape[:2]
-        g = g.contiguous()
-        ctx.sink(group_norm_record(x.reshape(n, c, -1), g.reshape(n, c, -1), mean, rstd))
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.native_group_norm_backward(
-                g, x, mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups,
-                [True, False, False])[0]
-        return grad_x, None, None, None, None, None
-
-
-def group_norm_record(x: Tensor, g: Tensor, mean: Tensor, rstd: Tensor) -> Record:
-    """GroupNorm's per-sample (B, C) affine gradients from (B, C, T) input and output grad and
-    the (B, groups) statistics: ``sum_t g xhat = rstd (sum_t g x - mean sum_t g)``, the form
-    ATen's own GroupNorm backward uses, so no normalised input is ever formed."""
-    per_channel = x.shape[1] // mean.shape[1]
-    if use_triton(g):
-        gx, bgrad = affine_grads(x.transpose(1, 2), g.transpose(1, 2))
-    else:  # a batched dot product: no input-sized temporary
-        gx, bgrad = torch.bmm(g.flatten(0, 1)[:, None], x.flatten(0, 1)[..., None]).view_as(
-            mean.repeat_interleave(per_channel, 1)), g.sum(2)
-    wgrad = (gx - mean.repeat_interleave(per_channel, 1) * bgrad) \
-        * rstd.repeat_interleave(per_channel, 1)
-    return Record(wgrad, bgrad)
+        folded = (1, n * c, x[0, 0].numel())
+        grad_x, wgrad, bgrad = torch.ops.aten.native_group_norm_backward(
+            g.reshape(folded), x.reshape(folded), mean.reshape(1, -1), rstd.reshape(1, -1),
+            weight.repeat(n) if weight is not None else None, 1, n * c, folded[2],
+            n * ctx.groups, [ctx.needs_input_grad[0], True, True])
+        ctx.sink(Record(wgrad.view(n, c), bgrad.view(n, c)))
+        return (grad_x.view_as(x) if grad_x is not None else None), None, None, None, None, None
 
 
 def affine_grads(xhat: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sample (B, C) weight and bias gradients ``sum_t g xhat`` and ``sum_t g`` from
-    (B, T, C) xhat and g (any strides)."""
+    """Per-sample (B, C) weight and bias gradients from (B, T, C) xhat and g."""
     if use_triton(g):
         return triton_affine_grads(xhat, g)
-    return torch.linalg.vecdot(g, xhat, dim=1), g.sum(1)
+    return (g * xhat).sum(1), g.sum(1)
 
 
 _CHUNK_ELEMS = 1 << 20  # elements of the normalised input formed at once on the torch path
