@@ -28,9 +28,9 @@ def scale_accumulate(per_sample: Tensor, weights: Tensor) -> Tensor:
 def noisy_write(sums: list[Tensor], std: float, denominator: float,
                 generator: torch.Generator | None) -> list[Tensor]:
     """``(s + N(0, std^2)) / denominator`` for every tensor: noise added once, in the final
-    write. The torch path draws all the noise into one flat buffer, scales it by
-    ``std / denominator`` and adds ``s / denominator`` in one foreach op; the results are
-    views of that buffer."""
+    write. The torch path draws all the noise into one flat buffer at scale
+    ``std / denominator`` (the scale applied inside the sampler: no extra pass) and adds
+    ``s / denominator`` in one foreach op; the results are views of that buffer."""
     if not sums:
         return []
     if use_triton(sums[0]):
@@ -39,8 +39,8 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
         return [triton_noisy_write(s, std, denominator, seed) for s, seed in zip(sums, seeds)]
     size, like = sum(s.numel() for s in sums), sums[0]
     if std > 0:
-        flat = torch.randn(size, generator=generator, device=like.device, dtype=like.dtype)
-        flat.mul_(std / denominator)
+        flat = torch.empty(size, device=like.device, dtype=like.dtype).normal_(
+            0.0, std / denominator, generator=generator)
     else:
         flat = like.new_zeros(size)
     out = [n.view_as(s) for n, s in zip(flat.split([s.numel() for s in sums]), sums)]

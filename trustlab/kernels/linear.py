@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trustlab.kernels.clip import scale_accumulate
-from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel, stack_sequences, use_triton
+from trustlab.kernels.registry import (LayerKernel, Record, Sink, once, register_kernel,
+                                       stack_sequences, use_triton)
 
 GHOST, DIRECT, DIRECT_KEEP = "ghost", "direct", "direct_keep"
 CHUNK_ELEMS = 1 << 24  # per-sample gradient elements per chunk on the non-kept direct path
@@ -56,11 +57,21 @@ def row_sq_norms(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x.flatten(1), dim=1).square()
 
 
+def gram(x: Tensor) -> Tensor:
+    """(B, T, T) ``x_i x_i^T``, computed once per flush for data two layers share."""
+    return once("gram", x, lambda x: torch.bmm(x, x.transpose(1, 2)))
+
+
+def time_sum(g: Tensor) -> Tensor:
+    """(B, d) ``sum_t g_it`` (the bias gradients), computed once per flush for shared data."""
+    return once("time_sum", g, lambda g: g.sum(1))
+
+
 def ghost_sq_norms(a: Tensor, g: Tensor) -> Tensor:
     """``||g_i^T a_i||_F^2`` for every sample without forming ``g_i^T a_i``."""
     if a.shape[1] == 1:
         return row_sq_norms(a) * row_sq_norms(g)
-    return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+    return (gram(a) * gram(g)).sum((1, 2))
 
 
 def per_sample_weight_grads(a: Tensor, g: Tensor) -> Tensor:
@@ -228,7 +239,7 @@ class LinearKernel(LayerKernel):
             mode = choose_mode(g.shape[0], g.shape[1], a.shape[2], g.shape[2])
             total, kept = sq_norms(a, g, mode)
         if has_bias:  # ||sum_t g_t||^2, not sum_t ||g_t||^2
-            bias_grads = g.sum(1)
+            bias_grads = time_sum(g)
             bias_sq = row_sq_norms(bias_grads)
             total = bias_sq if total is None else total + bias_sq
         return total, (a, g, kept, bias_grads)

@@ -11,8 +11,10 @@ A :class:`LayerKernel` knows, for one layer family, how to
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -108,3 +110,29 @@ def stack_sequences(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     if len(parts) == 1:
         return a_parts[0], g_parts[0]
     return torch.cat(a_parts, dim=1), torch.cat(g_parts, dim=1)
+
+
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("_SHARED", default=None)
+
+
+@contextlib.contextmanager
+def shared_results() -> Iterator[None]:
+    """Within the block, :func:`once` computes each result once per tensor data (one flush:
+    an LSTM's input and hidden projections share their output gradient)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def once(name: str, t: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
+    """``compute(t)``, reused for any tensor viewing the same data the same way inside a
+    :func:`shared_results` block."""
+    cache = _SHARED.get()
+    if cache is None:
+        return compute(t)
+    key = (name, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device)
+    if key not in cache:
+        cache[key] = (t, compute(t))  # t held, so that its memory is not reused in the block
+    return cache[key][1]

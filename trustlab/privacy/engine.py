@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 from opacus.data_loader import DPDataLoader
 
 from trustlab.errors import ConfigError, TrustlabError
-from trustlab.kernels import Record, clip_factors, kernel_for, noisy_write, scale_accumulate
+from trustlab.kernels import (Record, clip_factors, kernel_for, noisy_write, scale_accumulate,
+                              shared_results)
 from trustlab.privacy.accounting import PrivacyFacts, calibrate_noise, make_accountant
 from trustlab.privacy.validators import validate
 
@@ -118,7 +119,8 @@ class GradSampleTracker:
         if batch == 0:  # an empty Poisson batch contributes nothing; step() still adds noise
             return
         scale = float(batch) if self.loss_reduction == "mean" else 1.0
-        layer_norms, states, shared = self._sq_norms(pending)
+        with shared_results():
+            layer_norms, states, shared = self._sq_norms(pending)
         first, *rest = layer_norms.values()
         norms = sum(rest, first) * scale ** 2
         self._check_finite(norms, layer_norms)
