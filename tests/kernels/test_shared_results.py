@@ -1,25 +1,25 @@
-"""``once`` reuses a result only for the same data viewed the same way, inside the block."""
+"""``once`` reuses a result only for data named shared, viewed the same way, in the block."""
 
 import torch
 
-from trustlab.kernels.registry import once, shared_results
+from trustlab.kernels.registry import data_key, once, shared_results
 
 
-def test_once_computes_a_result_once_per_data_inside_the_block():
+def test_once_computes_a_result_once_for_shared_data_inside_the_block():
     calls = []
 
     def colsum(t: torch.Tensor) -> torch.Tensor:
         calls.append(t)
         return t.sum(0)
 
-    x = torch.randn(4, 3)
-    with shared_results():
+    x, other = torch.randn(4, 3), torch.randn(4, 3)
+    with shared_results({data_key(x), data_key(x.t())}):
         first = once("colsum", x, colsum)
         again = once("colsum", x.view(4, 3), colsum)  # another tensor object, same data
-        other = once("colsum", x.t(), colsum)  # same data, another view: computed anew
-        copy = once("colsum", x.clone(), colsum)  # other data: computed anew
-    assert len(calls) == 3 and again is first
-    torch.testing.assert_close(other, x.sum(1))
-    torch.testing.assert_close(copy, first)
+        transposed = once("colsum", x.t(), colsum)  # same data, another view: computed anew
+        once("colsum", other, colsum)  # not named shared: computed, not kept
+        once("colsum", other, colsum)
+    assert len(calls) == 4 and again is first
+    torch.testing.assert_close(transposed, x.sum(1))
     once("colsum", x, colsum)  # outside a block nothing is kept
-    assert len(calls) == 4
+    assert len(calls) == 5

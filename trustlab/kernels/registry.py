@@ -112,14 +112,21 @@ def stack_sequences(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     return torch.cat(a_parts, dim=1), torch.cat(g_parts, dim=1)
 
 
-_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("_SHARED", default=None)
+_SHARED: contextvars.ContextVar[tuple[set, dict] | None] = contextvars.ContextVar(
+    "_SHARED", default=None)
+
+
+def data_key(t: Tensor) -> tuple:
+    """Identifies a tensor's data and the view of it (two tensor objects may share both)."""
+    return t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device
 
 
 @contextlib.contextmanager
-def shared_results() -> Iterator[None]:
-    """Within the block, :func:`once` computes each result once per tensor data (one flush:
-    an LSTM's input and hidden projections share their output gradient)."""
-    token = _SHARED.set({})
+def shared_results(shared: set[tuple]) -> Iterator[None]:
+    """Within the block, :func:`once` computes each result from a tensor whose
+    :func:`data_key` is in ``shared`` once (one flush: an LSTM's input and hidden projections
+    share their output gradient); other results are not kept."""
+    token = _SHARED.set((shared, {}))
     try:
         yield
     finally:
@@ -127,12 +134,12 @@ def shared_results() -> Iterator[None]:
 
 
 def once(name: str, t: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
-    """``compute(t)``, reused for any tensor viewing the same data the same way inside a
-    :func:`shared_results` block."""
-    cache = _SHARED.get()
-    if cache is None:
+    """``compute(t)``, reused inside a :func:`shared_results` block for tensors it names."""
+    state = _SHARED.get()
+    key = data_key(t)
+    if state is None or key not in state[0]:
         return compute(t)
-    key = (name, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device)
-    if key not in cache:
-        cache[key] = (t, compute(t))  # t held, so that its memory is not reused in the block
-    return cache[key][1]
+    cache = state[1]
+    if (name, key) not in cache:
+        cache[name, key] = (t, compute(t))  # t held, so that its memory is not reused
+    return cache[name, key][1]

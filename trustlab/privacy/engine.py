@@ -23,6 +23,7 @@ from opacus.data_loader import DPDataLoader
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import (Record, clip_factors, kernel_for, noisy_write, scale_accumulate,
                               shared_results)
+from trustlab.kernels.registry import data_key
 from trustlab.privacy.accounting import PrivacyFacts, calibrate_noise, make_accountant
 from trustlab.privacy.validators import validate
 
@@ -119,7 +120,7 @@ class GradSampleTracker:
         if batch == 0:  # an empty Poisson batch contributes nothing; step() still adds noise
             return
         scale = float(batch) if self.loss_reduction == "mean" else 1.0
-        with shared_results():
+        with shared_results(_shared_data(pending)):
             layer_norms, states, shared = self._sq_norms(pending)
         first, *rest = layer_norms.values()
         norms = sum(rest, first) * scale ** 2
@@ -180,6 +181,17 @@ class GradSampleTracker:
         self.records.clear()
         self.summed.clear()
         self.samples = 0
+
+
+def _shared_data(pending: dict[nn.Module, list[Record]]) -> set[tuple]:
+    """Keys of the tensors that the records of more than one layer hold."""
+    seen: dict[tuple, nn.Module] = {}
+    shared = set()
+    for layer, records in pending.items():
+        for key in {data_key(t) for r in records for t in (r.a, r.g)}:
+            if seen.setdefault(key, layer) is not layer:
+                shared.add(key)
+    return shared
 
 
 def _record_bytes(records: list[Record]) -> int:
