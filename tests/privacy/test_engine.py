@@ -121,6 +121,17 @@ def test_conv2d_with_one_input_channel_per_group(kwargs):
     check(model, torch.randn(4, 1, 11, 11), torch.randint(0, 3, (4,)))
 
 
+def test_group_norm_on_flat_and_channels_last_inputs():
+    """The batch folded into the groups must not depend on the input's layout or rank."""
+    torch.manual_seed(7)
+    flat = nn.Sequential(nn.Linear(6, 8), nn.GroupNorm(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    check(flat, torch.randn(5, 6), torch.randint(0, 3, (5,)))
+    image = nn.Sequential(nn.Conv2d(2, 6, 3), nn.GroupNorm(3, 6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    x = torch.randn(5, 2, 6, 6).contiguous(memory_format=torch.channels_last)
+    check(image, x, torch.randint(0, 3, (5,)))
+
+
 def _width(kwargs: dict) -> int:
     return nn.Conv2d(4, 6, 3, **kwargs)(torch.zeros(1, 4, 7, 7)).flatten(2).shape[-1]
 
