@@ -7,8 +7,8 @@ the torch path elsewhere. Imports nothing of trustlab.
 
 from trustlab.kernels import conv, embedding, linear, norm  # noqa: F401  (registration)
 from trustlab.kernels.clip import clip_factors, noisy_write, scale_accumulate
-from trustlab.kernels.registry import (LayerKernel, Record, kernel_for, register_kernel,
+from trustlab.kernels.registry import (LayerKernel, Record, data_key, kernel_for, register_kernel,
                                        shared_results, supported_types)
 
-__all__ = ["LayerKernel", "Record", "clip_factors", "kernel_for", "noisy_write",
+__all__ = ["LayerKernel", "Record", "clip_factors", "data_key", "kernel_for", "noisy_write",
            "register_kernel", "scale_accumulate", "shared_results", "supported_types"]

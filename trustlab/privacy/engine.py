@@ -21,9 +21,8 @@ from torch.utils.data import DataLoader
 from opacus.data_loader import DPDataLoader
 
 from trustlab.errors import ConfigError, TrustlabError
-from trustlab.kernels import (Record, clip_factors, kernel_for, noisy_write, scale_accumulate,
-                              shared_results)
-from trustlab.kernels.registry import data_key
+from trustlab.kernels import (Record, clip_factors, data_key, kernel_for, noisy_write,
+                              scale_accumulate, shared_results)
 from trustlab.privacy.accounting import PrivacyFacts, calibrate_noise, make_accountant
 from trustlab.privacy.validators import validate
 
