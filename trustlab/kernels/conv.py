@@ -116,9 +116,8 @@ def _weight_grads(record: Record, rows: slice) -> Tensor:
         return _weight_grads_as_forward_conv(x, g, shape, args)
     out = x.new_empty(len(x), shape.numel())
     for i in range(0, len(x), FOLD_CHUNK):  # each fold's result copied while still in cache
-        fold = slice(i, i + FOLD_CHUNK)
-        out[fold] = _conv_backward(g[fold], x[fold], shape, args, len(x[fold])).view(
-            len(x[fold]), -1)
+        xs, gs = x[i:i + FOLD_CHUNK], g[i:i + FOLD_CHUNK]
+        out[i:i + len(xs)] = _conv_backward(gs, xs, shape, args, len(xs)).view(len(xs), -1)
     return out
 
 
