@@ -171,7 +171,7 @@ class Conv2dKernel(LayerKernel):
                 total += torch.cat([row_sq_norms(per_sample_weight_grads(records, rows))
                                     for rows in _row_slices(records)])
         if layer.bias is not None and layer.bias.requires_grad:
-            total += _bias_grads(records).square().sum(1)
+            total += row_sq_norms(_bias_grads(records))
         return total, kept
 
     def clipped_sum(self, layer: nn.Module, records: list[Record], state: Any,

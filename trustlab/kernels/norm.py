@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from trustlab.kernels.clip import scale_accumulate
+from trustlab.kernels.linear import row_sq_norms
 from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel, use_triton
 
 
@@ -150,7 +151,7 @@ class _AffineKernel(LayerKernel):
 
     def sq_norms(self, layer: nn.Module, records: list[Record]) -> tuple[Tensor, Any]:
         grads = self.per_sample_grads(layer, records)
-        norms = sum(v.flatten(1).square().sum(1) for v in grads.values())
+        norms = sum(row_sq_norms(v) for v in grads.values())
         return norms, grads
 
     def clipped_sum(self, layer: nn.Module, records: list[Record], state: Any,

@@ -22,7 +22,7 @@ from opacus.data_loader import DPDataLoader
 
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import (Record, clip_factors, data_key, kernel_for, noisy_write,
-                              scale_accumulate, shared_results)
+                              row_sq_norms, scale_accumulate, shared_results)
 from trustlab.privacy.accounting import PrivacyFacts, calibrate_noise, make_accountant
 from trustlab.privacy.validators import validate
 
@@ -155,7 +155,7 @@ class GradSampleTracker:
             else:
                 layer_norms[layer], states[layer] = kernel.sq_norms(layer, records)
         for grads in shared.values():
-            layer_norms[None] = layer_norms.get(None, 0.0) + grads.flatten(1).square().sum(1)
+            layer_norms[None] = layer_norms.get(None, 0.0) + row_sq_norms(grads)
         return layer_norms, states, shared
 
     def _check_finite(self, norms: Tensor, layer_norms: dict[nn.Module | None, Tensor]) -> None:
