@@ -20,10 +20,8 @@ import warnings
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from dp_step import build, keep_freed_memory
-from trustlab.privacy import fix, make_private
+from dp_step import build, keep_freed_memory, make_trustlab
 
 PHASES = ("forward", "backward", "flush", "step")
 
@@ -55,11 +53,7 @@ def run(name: str, batch: int, rounds: int) -> None:
     x, y = make_x(batch), torch.randint(0, classes, (batch,))
     plain = copy.deepcopy(model)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.01)
-    private = fix(copy.deepcopy(model))
-    private, private_opt, _ = make_private(
-        private, torch.optim.SGD(private.parameters(), lr=0.01),
-        DataLoader(TensorDataset(x, y), batch_size=batch), noise_multiplier=1.0,
-        max_grad_norm=1.0, target_delta=1e-5, poisson_sampling=False, noise_seed=0)
+    private, private_opt = make_trustlab(copy.deepcopy(model), x, y)
     times: dict[str, list[list[float]]] = {"nonprivate": [], "trustlab": []}
     for r in range(rounds + 2):
         for method in times:
