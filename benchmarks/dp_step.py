@@ -5,9 +5,8 @@
 
 Methods are interleaved round by round and the median step time is reported, so load from
 other processes hits all methods alike. Peak memory is the step's high-water mark above the
-memory held before it (CUDA: max_memory_allocated; CPU: the peak of the running sum of
-torch.profiler's per-op allocations and frees, in time order; an op's temporaries freed inside
-it are not seen).
+memory held before it (CUDA: max_memory_allocated; CPU: the peak of the running sum of every
+allocation and free the profiler records, in time order, temporaries inside an op included).
 
 CPU allocator: glibc returns freed memory to the OS by heuristics (a dynamic mmap threshold,
 heap trimming) that depend on everything allocated before in the process, so whether a step
@@ -123,14 +122,21 @@ def peak_memory(step: Callable[[], None], device: str) -> int:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    # CPU: replay the profiler's allocation/free events (each op's self usage, in time order)
+    # CPU: the running sum of every allocation and free the profiler saw, in time order
+    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
+    sizes, pending = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        event = pending.pop()
+        if event.typed[0] == _EventType.Allocation:
+            sizes.append((event.start_time_ns, event.typed[1].alloc_size))
+        pending.extend(event.children)
     held = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        held += event.self_cpu_memory_usage
+    for _, size in sorted(sizes):
+        held += size
         peak = max(peak, held)
     return peak
 

@@ -13,9 +13,10 @@ from trustlab.kernels.registry import use_triton
 CLIP_EPS = 1e-6
 
 
-def clip_factors(sq_norms: Tensor, max_grad_norm: float) -> Tensor:
-    """``c_i = min(1, C / (||g_i|| + 1e-6))``."""
-    return (max_grad_norm / (sq_norms.sqrt() + CLIP_EPS)).clamp(max=1.0)
+def clip_factors(sq_norms: Tensor, max_grad_norm: float, scale: float = 1.0) -> Tensor:
+    """``scale * min(1, C / (||g_i|| + 1e-6))``: four in-place passes over one new tensor."""
+    return (sq_norms.sqrt().add_(CLIP_EPS).reciprocal_().mul_(max_grad_norm * scale)
+            .clamp_(max=scale))
 
 
 def scale_accumulate(per_sample: Tensor, weights: Tensor) -> Tensor:

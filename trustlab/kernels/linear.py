@@ -232,7 +232,10 @@ class LinearKernel(LayerKernel):
         kept = None
         if g.shape[1] == 1:  # non-sequence input: ||G_i||^2 = ||a_i||^2 ||g_i||^2, bias ||g_i||^2
             g_sq = row_sq_norms(g)
-            total = g_sq * ((row_sq_norms(a) if has_weight else 0.0) + (1.0 if has_bias else 0.0))
+            if has_weight and has_bias:
+                total = torch.addcmul(g_sq, g_sq, row_sq_norms(a))
+            else:
+                total = g_sq * row_sq_norms(a) if has_weight else g_sq
             return total, (a, g, kept, g[:, 0])
         total, bias_grads = None, None
         if has_weight:

@@ -10,6 +10,7 @@ N(0, σ²C²) once per step, divides by the *expected* batch size and steps the 
 
 from __future__ import annotations
 
+import math
 import secrets
 import weakref
 from typing import Any, Callable
@@ -21,8 +22,8 @@ from torch.utils.data import DataLoader
 from opacus.data_loader import DPDataLoader
 
 from trustlab.errors import ConfigError, TrustlabError
-from trustlab.kernels import (Record, clip_factors, data_key, kernel_for, noisy_write,
-                              row_sq_norms, scale_accumulate, shared_results)
+from trustlab.kernels import (LayerKernel, Record, clip_factors, data_key, kernel_for,
+                              noisy_write, row_sq_norms, scale_accumulate, shared_results)
 from trustlab.privacy.accounting import PrivacyFacts, calibrate_noise, make_accountant
 from trustlab.privacy.validators import validate
 
@@ -49,7 +50,7 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
             tracker = _TRACKERS.get(self)
             if tracker is None or not torch.is_grad_enabled():
                 return None
-            return tracker._sink_for(self)
+            return tracker.sinks[self]
 
         _TAPPED_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward, "dp_sink": dp_sink,
                                                            "__module__": cls.__module__})
@@ -67,6 +68,7 @@ class GradSampleTracker:
         self.max_grad_norm = max_grad_norm
         self.loss_reduction = loss_reduction
         self.layers: dict[nn.Module, str] = {}
+        self.kernels: dict[nn.Module, LayerKernel] = {}
         owners: dict[int, set[nn.Module]] = {}
         for name, layer in module.named_modules():
             kernel = kernel_for(layer)
@@ -74,9 +76,11 @@ class GradSampleTracker:
             if kernel is None or not params or layer in self.layers:
                 continue
             self.layers[layer] = name or type(layer).__name__
+            self.kernels[layer] = kernel
             for p in params:
                 owners.setdefault(id(p), set()).add(layer)
         self.shared = {layer for layers in owners.values() if len(layers) > 1 for layer in layers}
+        self.sinks = {layer: self._make_sink(layer) for layer in self.layers}
         self.records: dict[nn.Module, list[Record]] = {}
         self.summed: dict[Tensor, Tensor] = {}
         self.samples = 0
@@ -94,9 +98,9 @@ class GradSampleTracker:
             layer.__class__ = layer.__class__.__mro__[1]
 
     def capture(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
-        return kernel_for(layer).capture(layer, self._sink_for(layer), *args, **kwargs)
+        return self.kernels[layer].capture(layer, self.sinks[layer], *args, **kwargs)
 
-    def _sink_for(self, layer: nn.Module) -> Callable[[Record], None]:
+    def _make_sink(self, layer: nn.Module) -> Callable[[Record], None]:
         def sink(record: Record) -> None:
             self.records.setdefault(layer, []).append(record)
             if not self._callback_queued:  # clip once the whole backward pass is done
@@ -125,12 +129,12 @@ class GradSampleTracker:
         norms = sum(rest, first) * scale ** 2
         self._check_finite(norms, layer_norms)
         self.last_sq_norms = norms
-        weights = clip_factors(norms, self.max_grad_norm) * scale
+        weights = clip_factors(norms, self.max_grad_norm, scale)
         # smallest layers first, each layer's records dropped once its sum is formed: the
         # largest layer's temporaries then coexist with little else (the peak of the flush)
         for layer in sorted(states, key=lambda layer: _record_bytes(pending[layer])):
             records, state = pending.pop(layer), states.pop(layer)
-            for name, grad in kernel_for(layer).clipped_sum(layer, records, state,
+            for name, grad in self.kernels[layer].clipped_sum(layer, records, state,
                                                             weights).items():
                 self._add(getattr(layer, name), grad)
             del records, state
@@ -147,7 +151,7 @@ class GradSampleTracker:
         states: dict[nn.Module, Any] = {}
         shared: dict[Tensor, Tensor] = {}
         for layer, records in pending.items():
-            kernel = kernel_for(layer)
+            kernel = self.kernels[layer]
             if layer in self.shared:
                 for name, grads in kernel.per_sample_grads(layer, records).items():
                     p = getattr(layer, name)
@@ -161,7 +165,7 @@ class GradSampleTracker:
     def _check_finite(self, norms: Tensor, layer_norms: dict[nn.Module | None, Tensor]) -> None:
         """One check on the sum of the norms (NaN/inf propagate); per sample, naming the
         layer, only when it fails."""
-        if bool(norms.sum().isfinite()) or bool(torch.isfinite(norms).all()):
+        if math.isfinite(norms.sum().item()) or bool(torch.isfinite(norms).all()):
             return
         where = next((f"layer {self.layers[layer]!r}" if layer is not None else "a shared "
                       "parameter" for layer, n in layer_norms.items()
@@ -183,11 +187,12 @@ class GradSampleTracker:
 
 
 def _shared_data(pending: dict[nn.Module, list[Record]]) -> set[tuple]:
-    """Keys of the tensors that the records of more than one layer hold."""
+    """Keys of the sequence tensors (more than 2 dims: the only ones whose grams and time sums
+    are worth sharing) that the records of more than one layer hold."""
     seen: dict[tuple, nn.Module] = {}
     shared = set()
     for layer, records in pending.items():
-        for key in {data_key(t) for r in records for t in (r.a, r.g)}:
+        for key in {data_key(t) for r in records for t in (r.a, r.g) if t.dim() > 2}:
             if seen.setdefault(key, layer) is not layer:
                 shared.add(key)
     return shared
