@@ -177,8 +177,10 @@ class GradSampleTracker:
             "the inputs, or clamp the loss")
 
     def _add(self, p: Tensor, grad: Tensor) -> None:
-        grad = grad.to(p.dtype)
-        self.summed[p] = self.summed[p] + grad if p in self.summed else grad
+        if grad.dtype != p.dtype:
+            grad = grad.to(p.dtype)
+        before = self.summed.get(p)
+        self.summed[p] = grad if before is None else before + grad
 
     def reset(self) -> None:
         self.records.clear()
