@@ -5,8 +5,9 @@
 
 Methods are interleaved round by round and the median step time is reported, so load from
 other processes hits all methods alike. Peak memory is the step's high-water mark above the
-memory held before it (CUDA: max_memory_allocated; CPU: the peak of the running sum of every
-allocation and free the profiler records, in time order, temporaries inside an op included).
+memory held before it (CUDA: max_memory_allocated; CPU: the peak of the running sum of the
+step's allocations and their frees as the profiler records them, in time order, temporaries
+inside an op included).
 
 CPU allocator: glibc returns freed memory to the OS by heuristics (a dynamic mmap threshold,
 heap trimming) that depend on everything allocated before in the process, so whether a step
@@ -122,20 +123,29 @@ def peak_memory(step: Callable[[], None], device: str) -> int:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    # CPU: the running sum of every allocation and free the profiler saw, in time order
+    # CPU: the running sum of the step's own allocations and their frees, in time order (frees
+    # of memory allocated before the step, like last step's gradients, are not counted: the
+    # profiler knows their sizes only if it happened to see them allocated)
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    sizes, pending = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    events, pending = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while pending:
         event = pending.pop()
         if event.typed[0] == _EventType.Allocation:
-            sizes.append((event.start_time_ns, event.typed[1].alloc_size))
+            events.append((event.start_time_ns, event.typed[1].alloc_size, event.typed[1].ptr))
         pending.extend(event.children)
+    live: dict[int, int] = {}
     held = peak = 0
-    for _, size in sorted(sizes):
+    for _, size, ptr in sorted(events):
+        if size > 0:
+            live[ptr] = size
+        elif ptr in live:
+            size = -live.pop(ptr)
+        else:
+            continue
         held += size
         peak = max(peak, held)
     return peak
