@@ -17,6 +17,7 @@ import argparse
 import copy
 import statistics
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from dp_step import build, keep_freed_memory, make_step
 
 
 def raw_steps(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float
-              ) -> dict[str, callable]:
+              ) -> dict[str, Callable[[], None]]:
     """Hand-written non-private and DP steps of the MLP ``model`` on the batch (x, y)."""
     weights = [m.weight.detach().clone() for m in model if isinstance(m, torch.nn.Linear)]
     biases = [m.bias.detach().clone() for m in model if isinstance(m, torch.nn.Linear)]
