@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from dp_step import build, keep_freed_memory, make_step
+from dp_step import build, interleaved_times, keep_freed_memory, make_step
 
 
 def raw_steps(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float
@@ -62,14 +61,14 @@ def raw_steps(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, max_
                                     for a, g in zip(acts, grads)))
         c = norms.mul_(batch**2).sqrt_().add_(1e-6).reciprocal_().mul_(max_grad_norm * batch)
         c = c.clamp_(max=batch)[:, None]
-        sums = [(g * c).t() @ a for a, g in zip(acts, grads)] + [c.t() @ g for g in grads]
+        sums = [s.view_as(p) for s, p in zip(
+            [(g * c).t() @ a for a, g in zip(acts, grads)] + [c.t() @ g for g in grads], params)]
         if noise:
             flat = torch.empty(size).normal_(0.0, max_grad_norm / batch, generator=generator)
             noisy = [n.view_as(p) for n, p in zip(flat.split([p.numel() for p in params]), params)]
-            torch._foreach_add_(noisy, [s.view_as(p) for s, p in zip(sums, params)],
-                                alpha=1.0 / batch)
+            torch._foreach_add_(noisy, sums, alpha=1.0 / batch)
             sums = noisy
-        torch._foreach_add_(params, [s.view_as(p) for s, p in zip(sums, params)], alpha=-0.01)
+        torch._foreach_add_(params, sums, alpha=-0.01)
 
     return {"raw_nonprivate": nonprivate, "raw_dp": lambda: private(True),
             "raw_dp_no_noise": lambda: private(False)}
@@ -89,13 +88,8 @@ def main() -> None:
     steps = {"nonprivate": make_step("nonprivate", copy.deepcopy(model), x, y),
              "trustlab": make_step("trustlab", copy.deepcopy(model), x, y),
              **raw_steps(model, x, y, max_grad_norm=1.0)}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(args.rounds + 20):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if r >= 20:
-                times[name].append(time.perf_counter() - start)
+    interleaved_times(steps, 20)  # warm-up
+    times = interleaved_times(steps, args.rounds)
     median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     print(f"# mlp B={args.batch} threads={torch.get_num_threads()} malloc={malloc}; "
           "medians in ms")

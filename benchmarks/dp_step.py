@@ -151,6 +151,23 @@ def peak_memory(step: Callable[[], None], device: str) -> int:
     return peak
 
 
+def interleaved_times(steps: dict[str, Callable[[], None]], rounds: int, device: str = "cpu"
+                      ) -> dict[str, list[float]]:
+    """Seconds of each step in each round, the steps run in turn round by round (so load from
+    other processes hits them alike)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def keep_freed_memory() -> bool:
     """glibc: keep freed memory in the process (no trimming, mmap only above 32 MiB), so that
     steady-state steps reuse pages instead of faulting fresh ones. False where not glibc."""
@@ -178,16 +195,7 @@ def run(models: list[str], batches: list[int], rounds: int, device: str) -> list
             for m, step in steps.items():  # warm up, then one step for the memory peak
                 step(), step()
                 memory[m] = peak_memory(step, device)
-            times: dict[str, list[float]] = {m: [] for m in METHODS}
-            for _ in range(rounds):
-                for m, step in steps.items():
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                    start = time.perf_counter()
-                    step()
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                    times[m].append(time.perf_counter() - start)
+            times = interleaved_times(steps, rounds, device)
             base_t = statistics.median(times["nonprivate"])
             for m in METHODS:
                 t = statistics.median(times[m])
