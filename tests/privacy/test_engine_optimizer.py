@@ -101,6 +101,50 @@ def test_gradient_accumulation_equals_one_big_batch():
         torch.testing.assert_close(a, b)
 
 
+def _step_grads(extra_passes) -> list[torch.Tensor]:
+    """Gradients a noiseless step writes after one training backward and ``extra_passes``."""
+    model, opt, _ = _setup(noise_multiplier=0.0, max_grad_norm=0.05, poisson_sampling=False)
+    torch.manual_seed(1)
+    x, y = torch.randn(12, 5), torch.randint(0, 2, (12,))
+    opt.zero_grad()
+    extra_passes(model, x, y)
+    opt.step()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _train_backward(model, x, y, **kwargs):
+    F.cross_entropy(model(x), y).backward(**kwargs)
+
+
+def _input_gradient_passes(model, x, y):
+    """A training backward, then what an attack or a saliency map does to the same model."""
+    _train_backward(model, x, y)
+    for _ in range(3):
+        x_adv = x.clone().requires_grad_()
+        torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+    x_adv = x.clone().requires_grad_()
+    F.cross_entropy(model(x_adv), y).backward(inputs=[x_adv])
+
+
+def test_input_gradient_passes_do_not_add_to_the_step():
+    """Gradients of inputs only (``torch.autograd.grad(loss, x)``, ``backward(inputs=[x])``)
+    record nothing: counted, each sample would enter the step four more times (sensitivity
+    5C under noise calibrated for C, a silent privacy loss)."""
+    want = _step_grads(_train_backward)
+    assert any(g.abs().sum() > 0 for g in want)
+    for got, ref in zip(_step_grads(_input_gradient_passes), want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
+def test_backward_with_create_graph_steps_like_plain_backward():
+    want = _step_grads(_train_backward)
+    got = _step_grads(lambda m, x, y: _train_backward(m, x, y, create_graph=True))
+    for g, w in zip(got, want):
+        assert not g.requires_grad
+        torch.testing.assert_close(g, w)
+
+
 def test_per_sample_contributions_are_clipped():
     model, opt, _ = _setup(noise_multiplier=0.0, max_grad_norm=0.01, poisson_sampling=False)
     x, y = torch.randn(1, 5) * 100, torch.tensor([1])

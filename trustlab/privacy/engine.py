@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 from torch.utils.data import DataLoader
 
 from opacus.data_loader import DPDataLoader
@@ -69,6 +70,7 @@ class GradSampleTracker:
         self.loss_reduction = loss_reduction
         self.layers: dict[nn.Module, str] = {}
         self.kernels: dict[nn.Module, LayerKernel] = {}
+        self.params: dict[nn.Module, list[Tensor]] = {}
         owners: dict[int, set[nn.Module]] = {}
         for name, layer in module.named_modules():
             kernel = kernel_for(layer)
@@ -77,6 +79,7 @@ class GradSampleTracker:
                 continue
             self.layers[layer] = name or type(layer).__name__
             self.kernels[layer] = kernel
+            self.params[layer] = params
             for p in params:
                 owners.setdefault(id(p), set()).add(layer)
         self.shared = {layer for layers in owners.values() if len(layers) > 1 for layer in layers}
@@ -101,13 +104,18 @@ class GradSampleTracker:
         return self.kernels[layer].capture(layer, self.sinks[layer], *args, **kwargs)
 
     def _make_sink(self, layer: nn.Module) -> Callable[[Record], None]:
+        params = self.params[layer]
+
         def sink(record: Record) -> None:
+            if not _computes_gradient_of(params):  # an input-gradient pass (an attack, a
+                return  # saliency map): recording it would count its samples twice
             self.records.setdefault(layer, []).append(record)
             if not self._callback_queued:  # clip once the whole backward pass is done
                 self._callback_queued = True
                 torch.autograd.Variable._execution_engine.queue_callback(self.flush)
         return sink
 
+    @torch.no_grad()  # also after backward(create_graph=True): the sums carry no graph
     def flush(self) -> None:
         """Clip the pending records' samples and add their clipped sums to ``summed``."""
         self._callback_queued = False
@@ -186,6 +194,19 @@ class GradSampleTracker:
         self.records.clear()
         self.summed.clear()
         self.samples = 0
+
+
+def _computes_gradient_of(params: list[Tensor]) -> bool:
+    """Whether the running backward pass computes a gradient for any of ``params``: True for
+    ``loss.backward()``, False for ``torch.autograd.grad(loss, x)`` or ``backward(inputs=[x])``
+    (gradients of inputs only, as attacks and explanations take them)."""
+    for p in params:
+        try:
+            if torch._C._will_engine_execute_node(get_gradient_edge(p).node):
+                return True
+        except RuntimeError:  # torch.autograd.grad(loss, p): asks for p's gradient itself
+            return True
+    return False
 
 
 def _shared_data(pending: dict[nn.Module, list[Record]]) -> set[tuple]:
