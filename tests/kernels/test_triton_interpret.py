@@ -47,3 +47,14 @@ def test_scale_accumulate_and_noisy_write():
     out = clip.triton_noisy_write(s, 2.0, 4.0, seed=3)
     assert abs(out.std().item() - 0.5) < 0.02 and abs(out.mean().item()) < 0.02
     torch.testing.assert_close(clip.triton_noisy_write(s + 8, 0.0, 4.0, seed=3), s + 2)
+
+
+def test_noisy_write_offsets_continue_one_stream():
+    """A step's tensors take consecutive parts of one seed's stream (no shared noise between
+    tensors), and 63-bit seeds are used whole: seeds differing only above bit 31 differ."""
+    s = torch.zeros(3000)
+    whole = clip.triton_noisy_write(s, 1.0, 1.0, seed=2**40 + 5)
+    tail = clip.triton_noisy_write(s[:1000], 1.0, 1.0, seed=2**40 + 5, offset=2000)
+    torch.testing.assert_close(tail, whole[2000:], rtol=0, atol=0)
+    assert not torch.equal(whole[:1000], tail)
+    assert not torch.equal(clip.triton_noisy_write(s, 1.0, 1.0, seed=5), whole)

@@ -145,6 +145,56 @@ def test_backward_with_create_graph_steps_like_plain_backward():
         torch.testing.assert_close(g, w)
 
 
+def test_second_backward_through_one_forward_is_an_error_and_records_nothing():
+    """``retain_graph=True`` and a second backward would clip and count the batch twice;
+    the error keeps the first pass's sums and leaves nothing of the second pending."""
+    model, opt, _ = _setup(noise_multiplier=0.0, max_grad_norm=0.05, poisson_sampling=False)
+    x, y = torch.randn(12, 5), torch.randint(0, 2, (12,))
+    loss = F.cross_entropy(model(x), y)
+    loss.backward(retain_graph=True)
+    first = {p: s.clone() for p, s in opt.tracker.summed.items()}
+    with pytest.raises(TrustlabError, match="backpropagated twice"):
+        loss.backward()
+    assert not opt.tracker.records and opt.tracker.samples == 12
+    assert all(torch.equal(first[p], s) for p, s in opt.tracker.summed.items())
+    F.cross_entropy(model(x), y).backward()  # a new forward: gradient accumulation as usual
+    assert opt.tracker.samples == 24
+    opt.step()
+    loss = F.cross_entropy(model(x), y)  # after step() the same graph may be used again
+    loss.backward(retain_graph=True)
+    opt.zero_grad()
+    loss.backward()
+    assert opt.tracker.samples == 12
+
+
+def test_steps_spanning_several_loader_batches_are_refused():
+    """Stepping once per four Poisson batches quadruples the real sampling rate behind the
+    accountant's back: refused (before any update) once the sample count cannot be chance."""
+    model, opt, loader = _setup(n=400, batch=16)
+    batches = iter(loader)
+    with pytest.raises(TrustlabError, match="spans several loader batches"):
+        for _ in range(10):
+            before = [p.detach().clone() for p in model.parameters()]
+            opt.zero_grad()
+            for _ in range(4):
+                x, y = next(batches)
+                F.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert opt.steps < 10
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_one_poisson_batch_per_step_is_never_refused():
+    model, opt, loader = _setup(n=100, batch=4)
+    for _ in range(8):  # 200 steps of q = 0.04
+        for x, y in loader:
+            opt.zero_grad()
+            if len(x):
+                F.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert opt.steps == 200 and opt.samples_seen > 0
+
+
 def test_per_sample_contributions_are_clipped():
     model, opt, _ = _setup(noise_multiplier=0.0, max_grad_norm=0.01, poisson_sampling=False)
     x, y = torch.randn(1, 5) * 100, torch.tensor([1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from types import SimpleNamespace
 
 import torch
@@ -35,9 +36,12 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
     if not sums:
         return []
     if use_triton(sums[0]):
-        seeds = torch.randint(0, 2**31 - 1, (len(sums),), generator=generator,
-                              device=sums[0].device).tolist()
-        return [triton_noisy_write(s, std, denominator, seed) for s, seed in zip(sums, seeds)]
+        # one 63-bit Philox seed per step, each tensor at its own offset of that stream: no two
+        # tensors or steps share noise (31-bit seeds per tensor collide within ~10^5 steps)
+        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=sums[0].device))
+        offsets = itertools.accumulate((s.numel() for s in sums[:-1]), initial=0)
+        return [triton_noisy_write(s, std, denominator, seed, offset)
+                for s, offset in zip(sums, offsets)]
     size, like = sum(s.numel() for s in sums), sums[0]
     if std > 0:
         flat = torch.empty(size, device=like.device, dtype=like.dtype).normal_(
@@ -63,10 +67,11 @@ def _triton() -> SimpleNamespace:
         tl.store(out_ptr + rn, acc, mask=rn < N)
 
     @triton.jit
-    def noisy(s_ptr, out_ptr, N, std, inv_denominator, seed, BN: tl.constexpr):
+    def noisy(s_ptr, out_ptr, N, std, inv_denominator, seed, offset, BN: tl.constexpr):
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         s = tl.load(s_ptr + rn, mask=rn < N, other=0.0)
-        tl.store(out_ptr + rn, (s + std * tl.randn(seed, rn)) * inv_denominator, mask=rn < N)
+        noise = tl.randn(seed, rn.to(tl.int64) + offset)
+        tl.store(out_ptr + rn, (s + std * noise) * inv_denominator, mask=rn < N)
 
     return SimpleNamespace(accumulate=accumulate, noisy=noisy)
 
@@ -82,11 +87,13 @@ def triton_scale_accumulate(per_sample: Tensor, weights: Tensor, block: int = 25
 
 
 def triton_noisy_write(summed: Tensor, std: float, denominator: float, seed: int,
-                       block: int = 1024) -> Tensor:
+                       offset: int = 0, block: int = 1024) -> Tensor:
+    """``(summed + std * z) / denominator`` with ``z`` the Philox normals of ``seed`` at
+    positions ``offset, offset + 1, ...``."""
     import triton
 
     s = summed.float().contiguous()
     out = torch.empty_like(s)
     _triton().noisy[(triton.cdiv(s.numel(), block),)](s, out, s.numel(), float(std),
-                                                      1.0 / denominator, seed, BN=block)
+                                                      1.0 / denominator, seed, offset, BN=block)
     return out.view_as(summed)

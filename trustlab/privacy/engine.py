@@ -89,6 +89,7 @@ class GradSampleTracker:
         self.samples = 0
         self.last_sq_norms: Tensor | None = None
         self._callback_queued = False
+        self._recorded_nodes: weakref.WeakSet = weakref.WeakSet()  # backward nodes since step
 
     def attach(self) -> None:
         for layer in self.layers:
@@ -109,6 +110,16 @@ class GradSampleTracker:
         def sink(record: Record) -> None:
             if not _computes_gradient_of(params):  # an input-gradient pass (an attack, a
                 return  # saliency map): recording it would count its samples twice
+            node = torch._C._current_autograd_node()
+            if node in self._recorded_nodes:
+                self.records.clear()  # this pass's records: the error aborts the pass
+                self._callback_queued = False
+                raise TrustlabError(
+                    f"layer {self.layers[layer]!r} was backpropagated twice through one forward "
+                    "pass (backward with retain_graph=True) before optimizer.step(): its samples "
+                    "would be clipped and counted twice. Add the losses and call backward once")
+            if node is not None:
+                self._recorded_nodes.add(node)
             self.records.setdefault(layer, []).append(record)
             if not self._callback_queued:  # clip once the whole backward pass is done
                 self._callback_queued = True
@@ -194,6 +205,7 @@ class GradSampleTracker:
         self.records.clear()
         self.summed.clear()
         self.samples = 0
+        self._recorded_nodes.clear()
 
 
 def _computes_gradient_of(params: list[Tensor]) -> bool:
@@ -243,6 +255,7 @@ class DPOptimizer(torch.optim.Optimizer):
         self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
         self.reduce = reduce
         self.steps = 0
+        self.samples_seen = 0  # over all steps (this rank's samples when distributed)
 
     def _device(self) -> torch.device:
         return next(p.device for g in self.original_optimizer.param_groups for p in g["params"])
@@ -279,6 +292,8 @@ class DPOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.tracker.flush()
+        self._check_sample_count(self.samples_seen + self.tracker.samples)
+        self.samples_seen += self.tracker.samples
         params = self.params()
         sums = [self.tracker.summed[p] if p in self.tracker.summed else torch.zeros_like(p)
                 for p in params]
@@ -293,6 +308,20 @@ class DPOptimizer(torch.optim.Optimizer):
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         self.steps += 1
         return loss
+
+    def _check_sample_count(self, seen: int) -> None:
+        """Refuse a step when the samples so far exceed what one loader batch per step gives
+        by more than chance allows (10 s.d. of the Poisson total, plus 10): steps spanning
+        several loader batches make the sampling rate, and so ε, wrong."""
+        expected = self.expected_batch_size * (self.steps + 1)
+        if seen <= expected + 10 * math.sqrt(expected) + 10:
+            return
+        raise TrustlabError(
+            f"{seen} samples in {self.steps + 1} steps, where one batch per step of the data "
+            f"loader given to make_private (sampling rate {self.sample_rate:.4g}) gives about "
+            f"{expected:.0f}: a step spans several loader batches, so the accountant's ε would "
+            "be too low. No update was applied. Accumulate over chunks of one batch, or give "
+            "make_private a loader of the logical batch size")
 
     def epsilon(self, delta: float) -> float:
         return float(self.accountant.get_epsilon(delta=delta)) if self.steps else 0.0

@@ -153,6 +153,6 @@ def recurrence(gates_x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, bias: Te
     """``(H (B, T, h), h_n, c_n)`` of one LSTM (``mode="lstm"``) or GRU (``"gru"``; ``c_n`` is
     empty, ``c0`` ignored) layer and direction over batch-first ``gates_x = x W_ih^T + b_ih``,
     reporting the hidden projection's :class:`Record` to ``sink`` in backward. ``weight`` and
-    ``bias`` are the hidden projection's; autograd gives them no gradient."""
-    return _Recurrence.apply(gates_x, h0, c0, weight.detach(),
-                             None if bias is None else bias.detach(), mode, reverse, sink)
+    ``bias`` are the hidden projection's: inputs of the autograd node (so a backward pass is
+    seen to train them), which gives them no gradient."""
+    return _Recurrence.apply(gates_x, h0, c0, weight, bias, mode, reverse, sink)
