@@ -58,3 +58,49 @@ def test_noisy_write_offsets_continue_one_stream():
     torch.testing.assert_close(tail, whole[2000:], rtol=0, atol=0)
     assert not torch.equal(whole[:1000], tail)
     assert not torch.equal(clip.triton_noisy_write(s, 1.0, 1.0, seed=5), whole)
+
+
+class _SeqModel(torch.nn.Module):
+    """Embedding, LayerNorm, a sequence Linear and a Linear head: every Triton dispatch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(7, 6, padding_idx=0)
+        self.norm = torch.nn.LayerNorm(6)
+        self.proj = torch.nn.Linear(6, 5)
+        self.head = torch.nn.Linear(5, 3)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.proj(self.norm(self.emb(idx)))).mean(1))
+
+
+def _private_step_grads(noise_multiplier: float) -> list[torch.Tensor]:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trustlab.privacy import make_private
+
+    torch.manual_seed(0)
+    model = _SeqModel()
+    idx, y = torch.randint(0, 7, (6, 4)), torch.randint(0, 3, (6,))
+    model, opt, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                 DataLoader(TensorDataset(idx, y), batch_size=6),
+                                 noise_multiplier=noise_multiplier, max_grad_norm=0.3,
+                                 target_delta=1e-5, poisson_sampling=False, noise_seed=1)
+    torch.nn.functional.cross_entropy(model(idx), y).backward()
+    opt.step()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_engine_on_the_triton_path_matches_the_torch_path(monkeypatch):
+    """A whole DP step with every kernel dispatched to Triton (as on CUDA) gives the torch
+    path's clipped sums, and its noise is one Philox stream over all parameters in order,
+    seeded by one draw of the optimizer's generator."""
+    want = _private_step_grads(0.0)
+    for module in (clip, embedding, linear, norm):
+        monkeypatch.setattr(module, "use_triton", lambda t: True)
+    for got, ref in zip(_private_step_grads(0.0), want):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    noise = torch.cat([(g - r).flatten() for g, r in zip(_private_step_grads(50.0), want)])
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(1)))
+    stream = clip.triton_noisy_write(torch.zeros(len(noise)), 50.0 * 0.3, 6.0, seed)
+    torch.testing.assert_close(noise, stream, rtol=1e-4, atol=1e-4)
