@@ -4,9 +4,11 @@ Privacy *audits* (membership inference metrics, empirical ε) live in ``trustlab
 """
 
 from trustlab.privacy.accounting import PrivacyFacts, calibrate_noise, compute_epsilon
+from trustlab.privacy.batches import BatchMemoryManager
 from trustlab.privacy.engine import DPOptimizer, make_private
 from trustlab.privacy.layers import DPGRU, DPLSTM, DPMultiheadAttention
 from trustlab.privacy.validators import fix, unfix, validate
 
-__all__ = ["DPGRU", "DPLSTM", "DPMultiheadAttention", "DPOptimizer", "PrivacyFacts",
-           "calibrate_noise", "compute_epsilon", "fix", "make_private", "unfix", "validate"]
+__all__ = ["BatchMemoryManager", "DPGRU", "DPLSTM", "DPMultiheadAttention", "DPOptimizer",
+           "PrivacyFacts", "calibrate_noise", "compute_epsilon", "fix", "make_private", "unfix",
+           "validate"]

@@ -256,6 +256,8 @@ class DPOptimizer(torch.optim.Optimizer):
         self.reduce = reduce
         self.steps = 0
         self.samples_seen = 0  # over all steps (this rank's samples when distributed)
+        self._skip_next_step = False
+        self._accumulating = False  # the last step() was skipped: keep the clipped sums
 
     def _device(self) -> torch.device:
         return next(p.device for g in self.original_optimizer.param_groups for p in g["params"])
@@ -280,18 +282,35 @@ class DPOptimizer(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Forget gradients and clipped sums accumulated since the last step."""
+        """Forget gradients and clipped sums accumulated since the last step (the sums are
+        kept while a logical batch is still running, see :meth:`signal_skip_step`)."""
         self.original_optimizer.zero_grad(set_to_none)
+        if not self._accumulating:
+            self.tracker.reset()
+
+    def signal_skip_step(self, do_skip: bool = True) -> None:
+        """Make the next ``step()`` only accumulate: its physical batch does not end the
+        logical one (what :class:`~trustlab.privacy.BatchMemoryManager` signals)."""
+        self._skip_next_step = do_skip
+
+    def discard_accumulated(self) -> None:
+        """Forget the clipped sums of a logical batch that will not be stepped (a loop over
+        physical batches left early)."""
+        self._skip_next_step = self._accumulating = False
         self.tracker.reset()
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One DP step over everything accumulated since the last step (an empty batch
-        included: it still adds noise and is still accounted)."""
+        included: it still adds noise and is still accounted), or, after
+        ``signal_skip_step()``, nothing but keeping the clipped sums for the next one."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         self.tracker.flush()
+        self._accumulating, self._skip_next_step = self._skip_next_step, False
+        if self._accumulating:
+            return loss
         self._check_sample_count(self.samples_seen + self.tracker.samples)
         self.samples_seen += self.tracker.samples
         params = self.params()
@@ -320,8 +339,8 @@ class DPOptimizer(torch.optim.Optimizer):
             f"{seen} samples in {self.steps + 1} steps, where one batch per step of the data "
             f"loader given to make_private (sampling rate {self.sample_rate:.4g}) gives about "
             f"{expected:.0f}: a step spans several loader batches, so the accountant's ε would "
-            "be too low. No update was applied. Accumulate over chunks of one batch, or give "
-            "make_private a loader of the logical batch size")
+            "be too low. No update was applied. For logical batches larger than memory give "
+            "make_private the logical batch size and use trustlab.privacy.BatchMemoryManager")
 
     def epsilon(self, delta: float) -> float:
         return float(self.accountant.get_epsilon(delta=delta)) if self.steps else 0.0
