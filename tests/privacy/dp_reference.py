@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from trustlab.privacy.engine import GradSampleTracker
+from trustlab.privacy.tracker import GradSampleTracker
 
 
 def reference_clipped_sum(model: nn.Module, x: Tensor, y: Tensor,

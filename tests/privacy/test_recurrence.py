@@ -8,7 +8,7 @@ from torch import nn
 
 from dp_reference import float64_default  # noqa: F401
 from trustlab.privacy import DPGRU, DPLSTM
-from trustlab.privacy.engine import GradSampleTracker
+from trustlab.privacy.tracker import GradSampleTracker
 
 
 @pytest.mark.parametrize("bidirectional, bias", [(False, True), (True, True), (False, False)])

@@ -54,7 +54,7 @@ def gradient_masking_checks(curve: dict[float, float], *, large_eps_accuracy: fl
             ok = other >= whitebox_accuracy - tolerance
             checks.append(MaskingCheck(
                 name, ok, f"{label} leaves {other:.3f} vs PGD {whitebox_accuracy:.3f}"
-                + ("" if ok else f": it beats the white-box attack, so gradients mislead PGD")))
+                + ("" if ok else ": it beats the white-box attack, so gradients mislead PGD")))
         if more_steps_accuracy is not None:
             ok = more_steps_accuracy <= whitebox_accuracy + tolerance
             checks.append(MaskingCheck(

@@ -5,7 +5,8 @@ Privacy *audits* (membership inference metrics, empirical ε) live in ``trustlab
 
 from trustlab.privacy.accounting import PrivacyFacts, calibrate_noise, compute_epsilon
 from trustlab.privacy.batches import BatchMemoryManager
-from trustlab.privacy.engine import DPOptimizer, make_private
+from trustlab.privacy.engine import make_private
+from trustlab.privacy.optimizer import DPOptimizer
 from trustlab.privacy.layers import DPGRU, DPLSTM, DPMultiheadAttention
 from trustlab.privacy.validators import fix, unfix, validate
 

@@ -17,7 +17,7 @@ from typing import Iterator, Sized
 from torch.utils.data import DataLoader, Sampler
 
 from trustlab.errors import ConfigError
-from trustlab.privacy.engine import DPOptimizer
+from trustlab.privacy.optimizer import DPOptimizer
 
 
 class _SplitBatchSampler(Sampler[list[int]]):

@@ -45,7 +45,6 @@ def _lstm_forward(gx: Tensor, h: Tensor, c: Tensor, w: Tensor, order: range
 def _lstm_backward(w: Tensor, acts: Tensor, cs: Tensor, c0: Tensor, order: range,
                    d_hs: Tensor | None, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """BPTT: gate pre-activation gradients (T, B, 4h) and the gradients of h0 and c0."""
-    hid = cs.shape[2]
     grads = torch.empty_like(acts)
     steps = list(order)
     for k in range(len(steps) - 1, -1, -1):

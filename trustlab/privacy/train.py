@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trustlab.privacy.engine import DPOptimizer, make_private
+from trustlab.privacy.engine import make_private
+from trustlab.privacy.optimizer import DPOptimizer
 from trustlab.privacy.validators import fix, unfix
 from trustlab.train.checkpoint import save_checkpoint
 from trustlab.train.trainer import TrainedModel, TrainSettings, train

@@ -11,7 +11,7 @@ import pandas as pd
 
 from trustlab.audit.fairness.bootstrap import confusion_counts, disparity_estimates
 from trustlab.audit.fairness.groups import Grouping, build_groupings, safe_label
-from trustlab.audit.fairness.metrics import RATE_METRICS, group_table, reliability_curve
+from trustlab.audit.fairness.metrics import group_table, reliability_curve
 from trustlab.audit.fairness.mitigation import (Outcome, exponentiated_gradient, fair_finetune,
                                                 outcome, threshold_optimizer)
 from trustlab.audit.fairness.plots import calibration_by_group, metric_by_group, tradeoff_curve

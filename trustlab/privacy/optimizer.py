@@ -1,0 +1,139 @@
+"""The DP optimizer: noise added once per step, the average over the expected batch size,
+accounting, and the skip signal for logical batches run as physical ones."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from trustlab.errors import TrustlabError
+from trustlab.kernels import noisy_write
+from trustlab.privacy.accounting import PrivacyFacts, make_accountant
+from trustlab.privacy.tracker import GradSampleTracker
+
+
+class DPOptimizer(torch.optim.Optimizer):
+    """Wraps an optimizer: ``step`` writes noisy averaged clipped gradients, then steps it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, tracker: GradSampleTracker, *,
+                 noise_multiplier: float, expected_batch_size: float, sample_rate: float,
+                 accountant: str = "rdp", noise_seed: int | None = None,
+                 reduce: Callable[[list[Tensor]], list[Tensor]] | None = None) -> None:
+        self.original_optimizer = optimizer
+        self.tracker = tracker
+        self.noise_multiplier = float(noise_multiplier)
+        self.expected_batch_size = float(expected_batch_size)
+        self.sample_rate = float(sample_rate)
+        self.accountant_name = accountant
+        self.accountant = make_accountant(accountant)
+        self.generator = torch.Generator(device=self._device())
+        self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
+        self.reduce = reduce
+        self.steps = 0
+        self.samples_seen = 0  # over all steps (this rank's samples when distributed)
+        self._skip_next_step = False
+        self._accumulating = False  # the last step() was skipped: keep the clipped sums
+
+    def _device(self) -> torch.device:
+        return next(p.device for g in self.original_optimizer.param_groups for p in g["params"])
+
+    @property
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
+        return self.original_optimizer.param_groups
+
+    @property
+    def state(self) -> dict:  # type: ignore[override]
+        return self.original_optimizer.state
+
+    @property
+    def defaults(self) -> dict:  # type: ignore[override]
+        return self.original_optimizer.defaults
+
+    @property
+    def max_grad_norm(self) -> float:
+        return self.tracker.max_grad_norm
+
+    def params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget gradients and clipped sums accumulated since the last step (the sums are
+        kept while a logical batch is still running, see :meth:`signal_skip_step`)."""
+        self.original_optimizer.zero_grad(set_to_none)
+        if not self._accumulating:
+            self.tracker.reset()
+
+    def signal_skip_step(self, do_skip: bool = True) -> None:
+        """Make the next ``step()`` only accumulate: its physical batch does not end the
+        logical one (what :class:`~trustlab.privacy.BatchMemoryManager` signals)."""
+        self._skip_next_step = do_skip
+
+    def discard_accumulated(self) -> None:
+        """Forget the clipped sums of a logical batch that will not be stepped (a loop over
+        physical batches left early)."""
+        self._skip_next_step = self._accumulating = False
+        self.tracker.reset()
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One DP step over everything accumulated since the last step (an empty batch
+        included: it still adds noise and is still accounted), or, after
+        ``signal_skip_step()``, nothing but keeping the clipped sums for the next one."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.tracker.flush()
+        self._accumulating, self._skip_next_step = self._skip_next_step, False
+        if self._accumulating:
+            return loss
+        self._check_sample_count(self.samples_seen + self.tracker.samples)
+        self.samples_seen += self.tracker.samples
+        params = self.params()
+        sums = [self.tracker.summed[p] if p in self.tracker.summed else torch.zeros_like(p)
+                for p in params]
+        if self.reduce is not None:
+            sums = self.reduce(sums)
+        std = self.noise_multiplier * self.max_grad_norm
+        for p, grad in zip(params, noisy_write(sums, std, self.expected_batch_size,
+                                               self.generator)):
+            p.grad = grad
+        self.tracker.reset()
+        self.original_optimizer.step()
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        self.steps += 1
+        return loss
+
+    def _check_sample_count(self, seen: int) -> None:
+        """Refuse a step when the samples so far exceed what one loader batch per step gives
+        by more than chance allows (10 s.d. of the Poisson total, plus 10): steps spanning
+        several loader batches make the sampling rate, and so ε, wrong."""
+        expected = self.expected_batch_size * (self.steps + 1)
+        if seen <= expected + 10 * math.sqrt(expected) + 10:
+            return
+        raise TrustlabError(
+            f"{seen} samples in {self.steps + 1} steps, where one batch per step of the data "
+            f"loader given to make_private (sampling rate {self.sample_rate:.4g}) gives about "
+            f"{expected:.0f}: a step spans several loader batches, so the accountant's ε would "
+            "be too low. No update was applied. For logical batches larger than memory give "
+            "make_private the logical batch size and use trustlab.privacy.BatchMemoryManager")
+
+    def epsilon(self, delta: float) -> float:
+        return float(self.accountant.get_epsilon(delta=delta)) if self.steps else 0.0
+
+    def privacy_facts(self, delta: float) -> PrivacyFacts:
+        return PrivacyFacts(self.noise_multiplier, self.sample_rate, self.steps,
+                            self.max_grad_norm, self.epsilon(delta), delta, self.accountant_name)
+
+    def state_dict(self) -> dict:
+        return self.original_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.original_optimizer.load_state_dict(state_dict)
+
+    def detach(self) -> None:
+        """Remove the taps: the module's layers run their plain forward again."""
+        self.tracker.detach()

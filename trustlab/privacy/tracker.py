@@ -1,0 +1,232 @@
+"""Book-keeping taps: every supported layer records its activations and output gradients.
+
+:class:`GradSampleTracker` swaps each supported layer's class for a tapped subclass whose
+forward goes through the layer kernel's autograd function: autograd then computes only input
+gradients and hands each layer's activations and output gradients (a :class:`Record`) to the
+tracker (Bu et al. 2023). At the end of each backward pass that trains the layers the tracker
+computes per-sample norms over all layers, clip factors ``c_i = min(1, C / (||g_i|| + 1e-6))``
+and each layer's clipped sum, and accumulates them (several backward passes before one step
+form one logical batch).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
+
+from trustlab.errors import ConfigError, TrustlabError
+from trustlab.kernels import (LayerKernel, Record, clip_factors, data_key, kernel_for,
+                              row_sq_norms, scale_accumulate, shared_results)
+
+_TRACKERS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
+_TAPPED_CLASSES: dict[type, type] = {}
+
+
+def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """A subclass of ``cls`` whose forward goes through the kernel's capture while tracked.
+
+    Swapping the class (not the instance's forward) keeps copies safe: a deep copy of a tapped
+    layer is not tracked and runs the plain forward on its own weights. ``dp_sink()`` gives
+    the sink to layers that compute the tapped layer's product themselves."""
+    if cls not in _TAPPED_CLASSES:
+        def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
+            tracker = _TRACKERS.get(self)
+            if tracker is None or not torch.is_grad_enabled():
+                return cls.forward(self, *args, **kwargs)
+            return tracker.capture(self, *args, **kwargs)
+
+        def dp_sink(self: nn.Module) -> Callable[[Record], None] | None:
+            """Where this layer's records go while tracked and recording gradients (for a
+            layer that computes its own product elsewhere, like the DP recurrence), else None."""
+            tracker = _TRACKERS.get(self)
+            if tracker is None or not torch.is_grad_enabled():
+                return None
+            return tracker.sinks[self]
+
+        _TAPPED_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward, "dp_sink": dp_sink,
+                                                           "__module__": cls.__module__})
+    return _TAPPED_CLASSES[cls]
+
+
+class GradSampleTracker:
+    """Collects each tapped layer's records and turns them into accumulated clipped sums."""
+
+    def __init__(self, module: nn.Module, max_grad_norm: float, loss_reduction: str) -> None:
+        if loss_reduction not in ("mean", "sum"):
+            raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        if max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+        self.max_grad_norm = max_grad_norm
+        self.loss_reduction = loss_reduction
+        self.layers: dict[nn.Module, str] = {}
+        self.kernels: dict[nn.Module, LayerKernel] = {}
+        self.params: dict[nn.Module, list[Tensor]] = {}
+        owners: dict[int, set[nn.Module]] = {}
+        for name, layer in module.named_modules():
+            kernel = kernel_for(layer)
+            params = [p for p in layer.parameters(recurse=False) if p.requires_grad]
+            if kernel is None or not params or layer in self.layers:
+                continue
+            self.layers[layer] = name or type(layer).__name__
+            self.kernels[layer] = kernel
+            self.params[layer] = params
+            for p in params:
+                owners.setdefault(id(p), set()).add(layer)
+        self.shared = {layer for layers in owners.values() if len(layers) > 1 for layer in layers}
+        self.sinks = {layer: self._make_sink(layer) for layer in self.layers}
+        self.records: dict[nn.Module, list[Record]] = {}
+        self.summed: dict[Tensor, Tensor] = {}
+        self.samples = 0
+        self.last_sq_norms: Tensor | None = None
+        self._callback_queued = False
+        self._recorded_nodes: weakref.WeakSet = weakref.WeakSet()  # backward nodes since step
+
+    def attach(self) -> None:
+        for layer in self.layers:
+            _TRACKERS[layer] = self
+            layer.__class__ = _tapped_class(type(layer))
+
+    def detach(self) -> None:
+        for layer in self.layers:
+            _TRACKERS.pop(layer, None)
+            layer.__class__ = layer.__class__.__mro__[1]
+
+    def capture(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
+        return self.kernels[layer].capture(layer, self.sinks[layer], *args, **kwargs)
+
+    def _make_sink(self, layer: nn.Module) -> Callable[[Record], None]:
+        params = self.params[layer]
+
+        def sink(record: Record) -> None:
+            if not _computes_gradient_of(params):  # an input-gradient pass (an attack, a
+                return  # saliency map): recording it would count its samples twice
+            node = torch._C._current_autograd_node()
+            if node in self._recorded_nodes:
+                self.records.clear()  # this pass's records: the error aborts the pass
+                self._callback_queued = False
+                raise TrustlabError(
+                    f"layer {self.layers[layer]!r} was backpropagated twice through one forward "
+                    "pass (backward with retain_graph=True) before optimizer.step(): its samples "
+                    "would be clipped and counted twice. Add the losses and call backward once")
+            if node is not None:
+                self._recorded_nodes.add(node)
+            self.records.setdefault(layer, []).append(record)
+            if not self._callback_queued:  # clip once the whole backward pass is done
+                self._callback_queued = True
+                torch.autograd.Variable._execution_engine.queue_callback(self.flush)
+        return sink
+
+    @torch.no_grad()  # also after backward(create_graph=True): the sums carry no graph
+    def flush(self) -> None:
+        """Clip the pending records' samples and add their clipped sums to ``summed``."""
+        self._callback_queued = False
+        pending, self.records = self.records, {}
+        if not pending:
+            return
+        sizes = {r.batch_size for recs in pending.values() for r in recs}
+        if len(sizes) != 1:
+            raise TrustlabError(f"layers saw different batch sizes {sorted(sizes)} in one "
+                                "backward pass; per-sample clipping needs the batch in dim 0 "
+                                "of every layer input (set batch_first=True)")
+        batch = sizes.pop()
+        if batch == 0:  # an empty Poisson batch contributes nothing; step() still adds noise
+            return
+        scale = float(batch) if self.loss_reduction == "mean" else 1.0
+        with shared_results(_shared_data(pending)):
+            layer_norms, states, shared = self._sq_norms(pending)
+        first, *rest = layer_norms.values()
+        norms = sum(rest, first) * scale ** 2
+        self._check_finite(norms, layer_norms)
+        self.last_sq_norms = norms
+        weights = clip_factors(norms, self.max_grad_norm, scale)
+        # smallest layers first, each layer's records dropped once its sum is formed: the
+        # largest layer's temporaries then coexist with little else (the peak of the flush)
+        for layer in sorted(states, key=lambda layer: _record_bytes(pending[layer])):
+            records, state = pending.pop(layer), states.pop(layer)
+            for name, grad in self.kernels[layer].clipped_sum(layer, records, state,
+                                                            weights).items():
+                self._add(getattr(layer, name), grad)
+            del records, state
+        for p, grads in shared.items():
+            self._add(p, scale_accumulate(grads.flatten(1), weights).view_as(p))
+        self.samples += batch
+
+    def _sq_norms(self, pending: dict[nn.Module, list[Record]]
+                  ) -> tuple[dict[nn.Module | None, Tensor], dict[nn.Module, Any],
+                             dict[Tensor, Tensor]]:
+        """Per-layer squared norms (shared parameters under the key None), each layer's state
+        for its clipped sum, and the materialised per-sample gradients of shared parameters."""
+        layer_norms: dict[nn.Module | None, Tensor] = {}
+        states: dict[nn.Module, Any] = {}
+        shared: dict[Tensor, Tensor] = {}
+        for layer, records in pending.items():
+            kernel = self.kernels[layer]
+            if layer in self.shared:
+                for name, grads in kernel.per_sample_grads(layer, records).items():
+                    p = getattr(layer, name)
+                    shared[p] = grads + shared[p] if p in shared else grads
+            else:
+                layer_norms[layer], states[layer] = kernel.sq_norms(layer, records)
+        for grads in shared.values():
+            layer_norms[None] = layer_norms.get(None, 0.0) + row_sq_norms(grads)
+        return layer_norms, states, shared
+
+    def _check_finite(self, norms: Tensor, layer_norms: dict[nn.Module | None, Tensor]) -> None:
+        """One check on the sum of the norms (NaN/inf propagate); per sample, naming the
+        layer, only when it fails."""
+        if math.isfinite(norms.sum().item()) or bool(torch.isfinite(norms).all()):
+            return
+        where = next((f"layer {self.layers[layer]!r}" if layer is not None else "a shared "
+                      "parameter" for layer, n in layer_norms.items()
+                      if not bool(torch.isfinite(n).all())), "the model")
+        bad = (~torch.isfinite(norms)).nonzero().flatten()[:5].tolist()
+        raise TrustlabError(
+            f"non-finite per-sample gradient in {where} for samples {bad}: the loss or an "
+            "activation is NaN/inf. No update was applied; lower the learning rate, check "
+            "the inputs, or clamp the loss")
+
+    def _add(self, p: Tensor, grad: Tensor) -> None:
+        if grad.dtype != p.dtype:
+            grad = grad.to(p.dtype)
+        before = self.summed.get(p)
+        self.summed[p] = grad if before is None else before + grad
+
+    def reset(self) -> None:
+        self.records.clear()
+        self.summed.clear()
+        self.samples = 0
+        self._recorded_nodes.clear()
+
+
+def _computes_gradient_of(params: list[Tensor]) -> bool:
+    """Whether the running backward pass computes a gradient for any of ``params``: True for
+    ``loss.backward()``, False for ``torch.autograd.grad(loss, x)`` or ``backward(inputs=[x])``
+    (gradients of inputs only, as attacks and explanations take them)."""
+    for p in params:
+        try:
+            if torch._C._will_engine_execute_node(get_gradient_edge(p).node):
+                return True
+        except RuntimeError:  # torch.autograd.grad(loss, p): asks for p's gradient itself
+            return True
+    return False
+
+
+def _shared_data(pending: dict[nn.Module, list[Record]]) -> set[tuple]:
+    """Keys of the sequence tensors (more than 2 dims: the only ones whose grams and time sums
+    are worth sharing) that the records of more than one layer hold."""
+    seen: dict[tuple, nn.Module] = {}
+    shared = set()
+    for layer, records in pending.items():
+        for key in {data_key(t) for r in records for t in (r.a, r.g) if t.dim() > 2}:
+            if seen.setdefault(key, layer) is not layer:
+                shared.add(key)
+    return shared
+
+
+def _record_bytes(records: list[Record]) -> int:
+    return sum(r.a.nbytes + r.g.nbytes for r in records)
