@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -193,6 +195,46 @@ def test_one_poisson_batch_per_step_is_never_refused():
                 F.cross_entropy(model(x), y).backward()
             opt.step()
     assert opt.steps == 200 and opt.samples_seen > 0
+
+
+def _steps(model, opt, batches) -> None:
+    for x, y in batches:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def test_resuming_from_state_dict_continues_epsilon_and_the_noise_stream():
+    """Three steps, a save and load (weights_only) into a fresh private optimizer with the same
+    seed, two more steps: the same parameters and ε as five uninterrupted steps. Without the
+    privacy state the resumed run would report the ε of two steps and replay the first noise."""
+    torch.manual_seed(2)
+    batches = [(torch.randn(16, 5), torch.randint(0, 2, (16,))) for _ in range(5)]
+    model, opt, _ = _setup(poisson_sampling=False)
+    _steps(model, opt, batches)
+    want, want_eps = [p.detach().clone() for p in model.parameters()], opt.epsilon(1e-5)
+    model, opt, _ = _setup(poisson_sampling=False)
+    _steps(model, opt, batches[:3])
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model, opt, _ = _setup(poisson_sampling=False)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    _steps(model, opt, batches[3:])
+    assert opt.steps == 5 and opt.epsilon(1e-5) == pytest.approx(want_eps, rel=1e-9)
+    for got, ref in zip(model.parameters(), want):
+        torch.testing.assert_close(got, ref)
+
+
+def test_loading_a_state_dict_without_privacy_state_is_a_clear_error():
+    model, opt, _ = _setup(poisson_sampling=False)
+    with pytest.raises(ConfigError, match="no privacy state"):
+        opt.load_state_dict(opt.original_optimizer.state_dict())
+    _, prv, _ = _setup(poisson_sampling=False, accountant="prv")
+    with pytest.raises(ConfigError, match="same accountant"):
+        prv.load_state_dict(opt.state_dict())
 
 
 def test_per_sample_contributions_are_clipped():

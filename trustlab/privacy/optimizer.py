@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from trustlab.errors import TrustlabError
+from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import noisy_write
 from trustlab.privacy.accounting import PrivacyFacts, make_accountant
 from trustlab.privacy.tracker import GradSampleTracker
@@ -129,10 +129,30 @@ class DPOptimizer(torch.optim.Optimizer):
                             self.max_grad_norm, self.epsilon(delta), delta, self.accountant_name)
 
     def state_dict(self) -> dict:
-        return self.original_optimizer.state_dict()
+        """The wrapped optimizer's state and the privacy state (accountant history, steps,
+        samples seen, the noise generator's position): a resumed run goes on spending ε and
+        drawing fresh noise instead of restarting both. Loadable with ``weights_only=True``."""
+        return {"optimizer": self.original_optimizer.state_dict(),
+                "privacy": {"accountant": dict(self.accountant.state_dict()),
+                            "steps": self.steps, "samples_seen": self.samples_seen,
+                            "noise_generator": self.generator.get_state()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.original_optimizer.load_state_dict(state_dict)
+        """Resume from :meth:`state_dict`; the accountant must be the same kind."""
+        if not isinstance(state_dict, dict) or set(state_dict) != {"optimizer", "privacy"}:
+            raise ConfigError(
+                "not a DPOptimizer state_dict (no privacy state): resuming from it would restart "
+                "ε at 0 and, with a fixed noise_seed, replay earlier noise. To start DP training "
+                "from a non-private optimizer's state, load it into optimizer.original_optimizer")
+        privacy = state_dict["privacy"]
+        saved, ours = privacy["accountant"].get("mechanism"), self.accountant.mechanism()
+        if saved != ours:
+            raise ConfigError(f"the state_dict's accountant is {saved!r}, this optimizer's "
+                              f"{ours!r}: give make_private the same accountant= to resume")
+        self.original_optimizer.load_state_dict(state_dict["optimizer"])
+        self.accountant.load_state_dict(privacy["accountant"])
+        self.steps, self.samples_seen = int(privacy["steps"]), int(privacy["samples_seen"])
+        self.generator.set_state(privacy["noise_generator"])
 
     def detach(self) -> None:
         """Remove the taps: the module's layers run their plain forward again."""
