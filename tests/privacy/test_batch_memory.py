@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dp_reference import train_steps
 from trustlab.errors import ConfigError
 from trustlab.privacy import BatchMemoryManager, compute_epsilon, make_private
 
@@ -22,29 +23,18 @@ def _setup(n: int, batch: int, num_workers: int = 0, **kwargs):
                         **{**args, **kwargs})
 
 
-def _epoch(model, opt, batches) -> list[int]:
-    sizes = []
-    for x, y in batches:
-        sizes.append(len(x))
-        opt.zero_grad()
-        if len(x):
-            F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return sizes
-
-
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_physical_batches_give_the_logical_batch_steps(num_workers):
     """Logical batches of 12 as physical ones of at most 5 (5, 5, 2): the same noisy steps as
     the whole batches, one step and one accounting per logical batch, even with worker
     processes prefetching batches ahead of the loop."""
     model, opt, loader = _setup(36, 12, poisson_sampling=False)
-    _epoch(model, opt, loader)
+    train_steps(model, opt, loader)
     want = [p.detach().clone() for p in model.parameters()]
     model, opt, loader = _setup(36, 12, num_workers, poisson_sampling=False)
     with BatchMemoryManager(data_loader=loader, max_physical_batch_size=5,
                             optimizer=opt) as physical:
-        sizes = _epoch(model, opt, physical)
+        sizes = train_steps(model, opt, physical)
     assert sizes == [5, 5, 2] * 3
     assert opt.steps == 3
     for got, ref in zip(model.parameters(), want):
@@ -56,7 +46,7 @@ def test_poisson_logical_batches_empty_ones_included():
     model, opt, loader = _setup(60, 3)  # q = 0.05: about 1 in 20 logical batches is empty
     with BatchMemoryManager(data_loader=loader, max_physical_batch_size=1,
                             optimizer=opt) as physical:
-        sizes = [s for _ in range(3) for s in _epoch(model, opt, physical)]
+        sizes = [s for _ in range(3) for s in train_steps(model, opt, physical)]
     assert max(sizes) == 1 and 0 in sizes
     assert opt.steps == 3 * len(loader) and sum(sizes) == opt.samples_seen
     assert opt.epsilon(1e-5) == pytest.approx(compute_epsilon(1.0, 0.05, opt.steps, 1e-5),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dp_reference import train_steps
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.privacy import compute_epsilon, fix, make_private
 
@@ -66,13 +67,7 @@ def test_average_divides_by_expected_not_realised_batch_size():
 
 def test_poisson_loader_and_empty_batches():
     model, opt, loader = _setup(n=40, batch=1)  # q = 1/40: most batches are empty
-    sizes = []
-    for x, y in loader:
-        sizes.append(len(x))
-        opt.zero_grad()
-        if len(x):
-            F.cross_entropy(model(x), y).backward()
-        opt.step()  # an empty batch still adds noise and is accounted
+    sizes = train_steps(model, opt, loader)  # an empty batch still adds noise, is accounted
     assert 0 in sizes and len(set(sizes)) > 1
     assert opt.steps == len(sizes)
     eps = compute_epsilon(1.0, 1 / 40, len(sizes), 1e-5)
@@ -197,13 +192,6 @@ def test_one_poisson_batch_per_step_is_never_refused():
     assert opt.steps == 200 and opt.samples_seen > 0
 
 
-def _steps(model, opt, batches) -> None:
-    for x, y in batches:
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-
 def test_resuming_from_state_dict_continues_epsilon_and_the_noise_stream():
     """Three steps, a save and load (weights_only) into a fresh private optimizer with the same
     seed, two more steps: the same parameters and ε as five uninterrupted steps. Without the
@@ -211,10 +199,10 @@ def test_resuming_from_state_dict_continues_epsilon_and_the_noise_stream():
     torch.manual_seed(2)
     batches = [(torch.randn(16, 5), torch.randint(0, 2, (16,))) for _ in range(5)]
     model, opt, _ = _setup(poisson_sampling=False)
-    _steps(model, opt, batches)
+    train_steps(model, opt, batches)
     want, want_eps = [p.detach().clone() for p in model.parameters()], opt.epsilon(1e-5)
     model, opt, _ = _setup(poisson_sampling=False)
-    _steps(model, opt, batches[:3])
+    train_steps(model, opt, batches[:3])
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buffer)
     buffer.seek(0)
@@ -222,7 +210,7 @@ def test_resuming_from_state_dict_continues_epsilon_and_the_noise_stream():
     model, opt, _ = _setup(poisson_sampling=False)
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
-    _steps(model, opt, batches[3:])
+    train_steps(model, opt, batches[3:])
     assert opt.steps == 5 and opt.epsilon(1e-5) == pytest.approx(want_eps, rel=1e-9)
     for got, ref in zip(model.parameters(), want):
         torch.testing.assert_close(got, ref)
