@@ -53,7 +53,7 @@ def run(name: str, batch: int, rounds: int) -> None:
     x, y = make_x(batch), torch.randint(0, classes, (batch,))
     plain = copy.deepcopy(model)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.01)
-    private, private_opt = make_trustlab(copy.deepcopy(model), x, y)
+    private, private_opt, _ = make_trustlab(copy.deepcopy(model), x, y)
     times: dict[str, list[list[float]]] = {"nonprivate": [], "trustlab": []}
     for r in range(rounds + 2):
         for method in times:

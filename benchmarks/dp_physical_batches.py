@@ -23,41 +23,35 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dp_step import build, interleaved_times, keep_freed_memory, peak_memory
-from trustlab.privacy import BatchMemoryManager, fix, make_private
+from dp_step import build, interleaved_times, keep_freed_memory, make_trustlab, peak_memory
+from trustlab.privacy import BatchMemoryManager
+
+
+def train_on(model: nn.Module, opt: torch.optim.Optimizer, batches) -> None:
+    """The training loop: one optimizer step call per batch."""
+    for xb, yb in batches:
+        opt.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
 
 
 def nonprivate_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """One SGD step over the batch (x, y), loaded through a DataLoader like the DP steps."""
     loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def step() -> None:
-        for xb, yb in loader:
-            opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-
-    return step
+    return lambda: train_on(model, opt, loader)
 
 
 def physical_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, physical: int
                   ) -> Callable[[], None]:
     """One trustlab step over the logical batch (x, y) in physical batches of ``physical``."""
-    model = fix(model)
-    loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
-    model, opt, loader = make_private(model, torch.optim.SGD(model.parameters(), lr=0.01),
-                                      loader, noise_multiplier=1.0, max_grad_norm=1.0,
-                                      target_delta=1e-5, poisson_sampling=False, noise_seed=0)
+    model, opt, loader = make_trustlab(model, x, y)
     manager = BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
                                  optimizer=opt)
 
     def step() -> None:
         with manager as batches:
-            for xb, yb in batches:
-                opt.zero_grad()
-                F.cross_entropy(model(xb), yb).backward()
-                opt.step()
+            train_on(model, opt, batches)
 
     return step
 
@@ -86,10 +80,10 @@ def main() -> None:
             memory[method] = peak_memory(step, "cpu")
         times = {m: statistics.median(t) for m, t in interleaved_times(steps, args.rounds).items()}
         for method in steps:
-            print(f"{name:12s} {method:15s} {times[method] * 1e3:9.1f} ms "
-                  f"x{times[method] / times['nonprivate']:5.2f}  mem "
-                  f"{memory[method] / 2**20:7.1f} MiB x{memory[method] / memory['nonprivate']:5.2f}",
-                  flush=True)
+            time_ratio = times[method] / times["nonprivate"]
+            mem_ratio = memory[method] / memory["nonprivate"]
+            print(f"{name:12s} {method:15s} {times[method] * 1e3:9.1f} ms x{time_ratio:5.2f}  "
+                  f"mem {memory[method] / 2**20:7.1f} MiB x{mem_ratio:5.2f}", flush=True)
 
 
 if __name__ == "__main__":

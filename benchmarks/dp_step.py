@@ -73,14 +73,13 @@ def build(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor], int]:
 
 
 def make_trustlab(model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                  ) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """``model`` and SGD made private by trustlab for steps on the fixed batch (x, y)."""
+                  ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+    """``model``, SGD and the loader of the fixed batch (x, y), made private by trustlab."""
     model = fix(model)
-    model, opt, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.01),
-                                 DataLoader(TensorDataset(x, y), batch_size=len(x)),
-                                 noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5,
-                                 poisson_sampling=False, noise_seed=0)
-    return model, opt
+    return make_private(model, torch.optim.SGD(model.parameters(), lr=0.01),
+                        DataLoader(TensorDataset(x, y), batch_size=len(x)),
+                        noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5,
+                        poisson_sampling=False, noise_seed=0)
 
 
 def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
@@ -91,7 +90,7 @@ def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     if method == "nonprivate":
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
     elif method == "trustlab":
-        model, opt = make_trustlab(model, x, y)
+        model, opt, _ = make_trustlab(model, x, y)
     else:
         from opacus import PrivacyEngine
         from opacus.validators import ModuleValidator
