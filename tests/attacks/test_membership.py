@@ -4,7 +4,6 @@ the one-by-one loop, and the privacy auditor end to end on the shared Adult MLP.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest

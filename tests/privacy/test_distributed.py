@@ -1,53 +1,99 @@
-"""Two gloo ranks on the CPU give the same DP step as one process on the whole batch."""
+"""Two gloo ranks on the CPU train exactly as one process on the whole batch, with fixed
+batches (DistributedSampler) and with Poisson batches (empty shares included)."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from trustlab.errors import ConfigError
 from trustlab.privacy import make_private
 
 
-def _data() -> tuple[torch.Tensor, torch.Tensor]:
+def _dataset(n: int) -> TensorDataset:
     g = torch.Generator().manual_seed(1)
-    return torch.randn(8, 5, generator=g), torch.randint(0, 2, (8,), generator=g)
+    return TensorDataset(torch.randn(n, 5, generator=g), torch.randint(0, 2, (n,), generator=g))
 
 
-def _step(x: torch.Tensor, y: torch.Tensor, batch: int, distributed: bool) -> list[torch.Tensor]:
+def _train(loader: DataLoader, poisson: bool, distributed: bool) -> dict:
+    """One epoch of DP-SGD; the final parameters, ε and each batch's sample count."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch)
-    model, opt, _ = make_private(model, opt, loader, noise_multiplier=0.8, max_grad_norm=0.2,
-                                 target_delta=1e-5, poisson_sampling=False, noise_seed=7,
-                                 distributed=distributed)
-    F.cross_entropy(model(x), y).backward()
-    opt.step()
-    return [p.detach().clone() for p in model.parameters()]
+    model, opt, loader = make_private(model, opt, loader, noise_multiplier=0.8,
+                                      max_grad_norm=0.2, target_delta=1e-5, noise_seed=7,
+                                      poisson_sampling=poisson, distributed=distributed)
+    sizes = []
+    for x, y in loader:
+        sizes.append(len(x))
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return {"params": [p.detach().clone() for p in model.parameters()], "sizes": sizes,
+            "steps": opt.steps, "samples_seen": opt.samples_seen,
+            "sample_rate": opt.sample_rate, "epsilon": opt.epsilon(1e-5)}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _fixed_loader(rank: int | None) -> DataLoader:  # rank None: one process, whole batch
+    data = _dataset(8)
+    if rank is None:
+        return DataLoader(data, batch_size=8)
+    return DataLoader(data, batch_size=4,
+                      sampler=DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False))
+
+
+def _poisson_loader(rank: int | None) -> DataLoader:
+    # q = 1/12, one sample expected per step: a rank's share is often empty
+    return DataLoader(_dataset(24), batch_size=2, generator=torch.Generator().manual_seed(3))
+
+
+LOADERS = {"fixed": (_fixed_loader, False), "poisson": (_poisson_loader, True)}
+
+
+def _worker(rank: int, port: int, kind: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    x, y = _data()
-    params = _step(x[rank * 4:(rank + 1) * 4], y[rank * 4:(rank + 1) * 4], 4, True)
-    torch.save(params, f"{out}/rank{rank}.pt")
+    dist.init_process_group("gloo", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))  # fail, never hang
+    make_loader, poisson = LOADERS[kind]
+    torch.save(_train(make_loader(rank), poisson, distributed=True), f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_two_ranks_equal_single_process(tmp_path):
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+def test_two_ranks_train_as_one_process(kind, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
-    single = _step(*_data(), batch=8, distributed=False)
-    for rank in range(2):
-        for a, b in zip(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), single):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    mp.spawn(_worker, args=(port, kind, str(tmp_path)), nprocs=2, join=True)
+    make_loader, poisson = LOADERS[kind]
+    single = _train(make_loader(None), poisson, distributed=False)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for result in ranks:
+        for a, b in zip(result["params"], single["params"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for key in ("steps", "samples_seen", "sample_rate", "epsilon"):
+            assert result[key] == pytest.approx(single[key], rel=1e-9), key
+    # every rank stepped once per batch of the single process, on its share of that batch
+    shares = [sum(pair) for pair in zip(ranks[0]["sizes"], ranks[1]["sizes"])]
+    assert shares == single["sizes"]
+    if poisson:
+        assert single["sample_rate"] == pytest.approx(1 / 12) and single["steps"] == 12
+        assert 0 in ranks[0]["sizes"] + ranks[1]["sizes"]
+
+
+def test_fixed_batches_without_a_distributed_sampler_are_refused():
+    model = nn.Linear(5, 2)
+    loader = DataLoader(_dataset(8), batch_size=4)
+    with pytest.raises(ConfigError, match="DistributedSampler"):
+        make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                     noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5,
+                     poisson_sampling=False, distributed=True)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.optimizer import DPOptimizer
+from trustlab.privacy.sampling import loading_options
 
 
 class _SplitBatchSampler(Sampler[list[int]]):
@@ -90,14 +91,8 @@ class BatchMemoryManager:
         loader, ends = self.data_loader, collections.deque()
         sampler = _SplitBatchSampler(loader.batch_sampler, self.max_physical_batch_size,
                                      self.optimizer.expected_batch_size, ends)
-        workers = {"prefetch_factor": loader.prefetch_factor,
-                   "persistent_workers": loader.persistent_workers} if loader.num_workers else {}
         physical = DataLoader(loader.dataset, batch_sampler=sampler,
-                              num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                              pin_memory=loader.pin_memory, timeout=loader.timeout,
-                              worker_init_fn=loader.worker_init_fn,
-                              multiprocessing_context=loader.multiprocessing_context,
-                              generator=loader.generator, **workers)
+                              collate_fn=loader.collate_fn, **loading_options(loader))
         return _PhysicalBatches(physical, self.optimizer, ends)
 
     def __exit__(self, *exc: object) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-
-from opacus.data_loader import DPDataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.accounting import calibrate_noise
 from trustlab.privacy.optimizer import DPOptimizer
+from trustlab.privacy.sampling import PoissonDataLoader
 from trustlab.privacy.tracker import GradSampleTracker
 from trustlab.privacy.validators import validate
 
@@ -32,25 +31,37 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
 
     Give either ``noise_multiplier`` or ``target_epsilon`` (with ``epochs``). Layers the kernels
     cannot handle raise an error naming them and the fix (see :func:`~.validators.fix`).
-    The returned loader samples Poisson batches (empty and variable ones included); the average
-    divides by the expected batch size ``q·N``. ``distributed=True`` all-reduces the clipped sums
-    over the default process group before the (shared-seed) noise is added once.
+    The returned loader samples Poisson batches at rate ``q = 1 / len(data_loader)`` (empty and
+    variable ones included); the average divides by the expected batch size ``q·N``.
+    ``distributed=True`` (after ``init_process_group``; the same ``data_loader`` over the whole
+    dataset on every rank): each rank trains on its share of the one Poisson batch, the clipped
+    sums are all-reduced and the (shared-seed) noise is added once. Without Poisson sampling the
+    loader must shard with a ``DistributedSampler``.
     """
     validate(module)
     if (noise_multiplier is None) == (target_epsilon is None):
         raise ConfigError("give exactly one of noise_multiplier or target_epsilon")
+    if distributed and not poisson_sampling and not isinstance(data_loader.sampler,
+                                                               DistributedSampler):
+        raise ConfigError(
+            "distributed=True with poisson_sampling=False needs a data loader whose sampler is "
+            "a torch.utils.data.DistributedSampler: otherwise every rank loads the same batches "
+            "and each sample is counted once per rank (or use Poisson sampling, the default)")
     n = len(data_loader.dataset)  # type: ignore[arg-type]
-    batch_size = data_loader.batch_size or 1
+    rank, world = 0, 1
     if distributed:
-        from trustlab.privacy.distributed import all_reduce_sums, shared_seed
+        from trustlab.privacy.distributed import (all_reduce_sums, require_group,
+                                                  shared_generator, shared_seed)
+        rank, world = require_group()
         noise_seed = shared_seed(noise_seed)
-        world = torch.distributed.get_world_size()
-    else:
-        world = 1
-    sample_rate = batch_size * world / n
-    if poisson_sampling:
-        data_loader = DPDataLoader.from_data_loader(data_loader, distributed=distributed)
-        sample_rate = data_loader.sample_rate * (world if distributed else 1)
+    if poisson_sampling:  # q = 1 / len(data_loader), the same batches on any number of ranks
+        generator = shared_generator(data_loader.generator) if distributed else \
+            data_loader.generator
+        data_loader = PoissonDataLoader(data_loader, generator=generator, rank=rank,
+                                        world_size=world)
+        sample_rate = data_loader.sample_rate
+    else:  # fixed batches of batch_size on each rank
+        sample_rate = (data_loader.batch_size or 1) * world / n
     if target_epsilon is not None:
         if epochs is None:
             raise ConfigError("target_epsilon needs epochs (how long the budget must last)")

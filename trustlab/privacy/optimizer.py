@@ -22,7 +22,8 @@ class DPOptimizer(torch.optim.Optimizer):
     def __init__(self, optimizer: torch.optim.Optimizer, tracker: GradSampleTracker, *,
                  noise_multiplier: float, expected_batch_size: float, sample_rate: float,
                  accountant: str = "rdp", noise_seed: int | None = None,
-                 reduce: Callable[[list[Tensor]], list[Tensor]] | None = None) -> None:
+                 reduce: Callable[[list[Tensor], int], tuple[list[Tensor], int]] | None = None,
+                 ) -> None:
         self.original_optimizer = optimizer
         self.tracker = tracker
         self.noise_multiplier = float(noise_multiplier)
@@ -34,7 +35,7 @@ class DPOptimizer(torch.optim.Optimizer):
         self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
         self.reduce = reduce
         self.steps = 0
-        self.samples_seen = 0  # over all steps (this rank's samples when distributed)
+        self.samples_seen = 0  # over all steps (and all ranks when distributed)
         self._skip_next_step = False
         self._accumulating = False  # the last step() was skipped: keep the clipped sums
 
@@ -90,13 +91,14 @@ class DPOptimizer(torch.optim.Optimizer):
         self._accumulating, self._skip_next_step = self._skip_next_step, False
         if self._accumulating:
             return loss
-        self._check_sample_count(self.samples_seen + self.tracker.samples)
-        self.samples_seen += self.tracker.samples
         params = self.params()
         sums = [self.tracker.summed[p] if p in self.tracker.summed else torch.zeros_like(p)
                 for p in params]
-        if self.reduce is not None:
-            sums = self.reduce(sums)
+        samples = self.tracker.samples
+        if self.reduce is not None:  # over all ranks: every rank checks the same count
+            sums, samples = self.reduce(sums, samples)
+        self._check_sample_count(self.samples_seen + samples)
+        self.samples_seen += samples
         std = self.noise_multiplier * self.max_grad_norm
         for p, grad in zip(params, noisy_write(sums, std, self.expected_batch_size,
                                                self.generator)):

@@ -1,0 +1,59 @@
+"""Poisson batch sampling: Opacus's draws in one process, exact shares of them on several ranks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch.utils.data import DataLoader, TensorDataset
+
+from trustlab.errors import ConfigError
+from trustlab.privacy.sampling import PoissonBatchSampler, PoissonDataLoader
+
+
+def _batches(sampler) -> list[list[int]]:
+    return [list(batch) for batch in sampler]
+
+
+def test_one_process_draws_opacus_batches():
+    ours = PoissonBatchSampler(50, 0.1, 30, torch.Generator().manual_seed(4))
+    theirs = UniformWithReplacementSampler(num_samples=50, sample_rate=0.1, steps=30,
+                                           generator=torch.Generator().manual_seed(4))
+    assert _batches(ours) == _batches(theirs)
+
+
+def test_ranks_split_each_batch_and_yield_empty_shares():
+    whole = _batches(PoissonBatchSampler(40, 0.05, 60, torch.Generator().manual_seed(2)))
+    shares = [_batches(PoissonBatchSampler(40, 0.05, 60, torch.Generator().manual_seed(2),
+                                           rank=r, world_size=3)) for r in range(3)]
+    assert all(len(s) == 60 for s in shares)  # one batch per step on every rank
+    for step, batch in enumerate(whole):
+        parts = [shares[r][step] for r in range(3)]
+        assert sorted(sum(parts, [])) == batch
+        assert all(i % 3 == r for r, part in enumerate(parts) for i in part)
+    assert any(not shares[r][step] for r in range(3) for step in range(60))
+
+
+def test_batch_sizes_follow_the_sampling_rate():
+    sizes = torch.tensor([len(b) for b in PoissonBatchSampler(
+        1000, 0.02, 2000, torch.Generator().manual_seed(0))], dtype=torch.float64)
+    # Binomial(1000, 0.02): mean 20, variance 19.6; 2000 batches put the mean within 0.1
+    assert abs(sizes.mean().item() - 20) < 4 * (19.6 / 2000) ** 0.5
+    assert abs(sizes.var().item() / 19.6 - 1) < 4 * (2 / 1999) ** 0.5
+
+
+def test_loader_rate_and_empty_batch_shapes():
+    data = TensorDataset(torch.randn(30, 3, 2), torch.randint(0, 5, (30,)))
+    loader = PoissonDataLoader(DataLoader(data, batch_size=1),
+                               generator=torch.Generator().manual_seed(1))
+    assert loader.sample_rate == pytest.approx(1 / 30) and len(loader) == 30
+    batches = list(loader)
+    empty = next(b for b in batches if len(b[0]) == 0)
+    assert empty[0].shape == (0, 3, 2) and empty[1].shape == (0,)
+    assert empty[1].dtype == torch.int64
+
+
+def test_empty_dataset_is_a_clear_error():
+    with pytest.raises(ConfigError, match="non-empty dataset"):
+        PoissonDataLoader(DataLoader(TensorDataset(torch.zeros(0, 3)), batch_size=4),
+                          generator=None)

@@ -1,0 +1,82 @@
+"""Poisson sampling for DP-SGD: each step, every sample joins the batch independently with
+probability ``q = 1 / len(data_loader)``; empty batches are yielded (their step still adds noise
+and is accounted).
+
+Distributed, every rank draws the same mask over the whole dataset (from a generator whose state
+rank 0 broadcast) and keeps the indices of its share (index mod world size = rank): the ranks'
+batches together are exactly the single-process batch, and every rank yields one batch per step,
+an empty share included, so their collectives stay paired step by step. (Opacus's distributed
+sampler draws each rank's mask apart and skips a rank's empty batches: ranks then run different
+numbers of steps, pair different steps' sums in the all-reduce, and the last one waits forever.)
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+from torch.utils.data import DataLoader, IterableDataset, Sampler
+
+from trustlab.errors import ConfigError
+
+
+class PoissonBatchSampler(Sampler[list[int]]):
+    """``steps`` batches of the indices ``i < num_samples`` drawn with probability
+    ``sample_rate`` each; with ``world_size > 1``, only those with ``i % world_size == rank``."""
+
+    def __init__(self, num_samples: int, sample_rate: float, steps: int,
+                 generator: torch.Generator | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.num_samples, self.sample_rate, self.steps = num_samples, sample_rate, steps
+        self.generator, self.rank, self.world_size = generator, rank, world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            chosen = mask.nonzero().flatten()
+            if self.world_size > 1:
+                chosen = chosen[chosen % self.world_size == self.rank]
+            yield chosen.tolist()
+
+    def __len__(self) -> int:
+        return self.steps
+
+
+class PoissonDataLoader(DataLoader):
+    """``data_loader``'s dataset, collation and workers, with Poisson batches of rate
+    ``sample_rate = 1 / len(data_loader)`` (``len(data_loader)`` steps make one expected epoch)
+    drawn from ``generator`` (None: torch's default generator). Empty batches keep the shapes of
+    the dataset's first sample (0 rows)."""
+
+    def __init__(self, data_loader: DataLoader, *, generator: torch.Generator | None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        dataset = data_loader.dataset
+        if isinstance(dataset, IterableDataset):
+            raise ConfigError("Poisson sampling needs a map-style dataset (indexable, with a "
+                              "length), not an IterableDataset; or pass poisson_sampling=False")
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise ConfigError("Poisson sampling needs a non-empty dataset; the data loader's "
+                              "dataset has no samples")
+        steps = len(data_loader)
+        self.sample_rate = 1 / steps
+        first = dataset[0]
+        collate = wrap_collate_with_empty(
+            collate_fn=data_loader.collate_fn, batch_first=True,
+            sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
+            dtypes=[dtype_safe(x) for x in first])
+        sampler = PoissonBatchSampler(len(dataset), self.sample_rate, steps,  # type: ignore
+                                      generator, rank, world_size)
+        super().__init__(dataset, batch_sampler=sampler, collate_fn=collate,
+                         **{**loading_options(data_loader), "generator": generator})
+
+
+def loading_options(data_loader: DataLoader) -> dict:
+    """``data_loader``'s worker, pinning and seeding options, for a loader of other batches."""
+    workers = ({"prefetch_factor": data_loader.prefetch_factor,
+                "persistent_workers": data_loader.persistent_workers}
+               if data_loader.num_workers else {})
+    return dict(num_workers=data_loader.num_workers, pin_memory=data_loader.pin_memory,
+                timeout=data_loader.timeout, worker_init_fn=data_loader.worker_init_fn,
+                multiprocessing_context=data_loader.multiprocessing_context,
+                generator=data_loader.generator, **workers)
