@@ -72,14 +72,15 @@ def build(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor], int]:
     raise ValueError(name)
 
 
-def make_trustlab(model: nn.Module, x: torch.Tensor, y: torch.Tensor
+def make_trustlab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, secure_mode: bool = False
                   ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
     """``model``, SGD and the loader of the fixed batch (x, y), made private by trustlab."""
     model = fix(model)
     return make_private(model, torch.optim.SGD(model.parameters(), lr=0.01),
                         DataLoader(TensorDataset(x, y), batch_size=len(x)),
                         noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5,
-                        poisson_sampling=False, noise_seed=0)
+                        poisson_sampling=False, noise_seed=None if secure_mode else 0,
+                        secure_mode=secure_mode)
 
 
 def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
@@ -89,8 +90,8 @@ def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     loss_fn = nn.CrossEntropyLoss()
     if method == "nonprivate":
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    elif method == "trustlab":
-        model, opt, _ = make_trustlab(model, x, y)
+    elif method.startswith("trustlab"):  # trustlab, trustlab_secure
+        model, opt, _ = make_trustlab(model, x, y, secure_mode=method == "trustlab_secure")
     else:
         from opacus import PrivacyEngine
         from opacus.validators import ModuleValidator

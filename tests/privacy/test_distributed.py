@@ -24,13 +24,14 @@ def _dataset(n: int) -> TensorDataset:
     return TensorDataset(torch.randn(n, 5, generator=g), torch.randint(0, 2, (n,), generator=g))
 
 
-def _train(loader: DataLoader, poisson: bool, distributed: bool) -> dict:
+def _train(loader: DataLoader, poisson: bool, distributed: bool, secure: bool = False) -> dict:
     """One epoch of DP-SGD; the final parameters, ε and each batch's sample count."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     model, opt, loader = make_private(model, opt, loader, noise_multiplier=0.8,
-                                      max_grad_norm=0.2, target_delta=1e-5, noise_seed=7,
+                                      max_grad_norm=0.2, target_delta=1e-5,
+                                      noise_seed=None if secure else 7, secure_mode=secure,
                                       poisson_sampling=poisson, distributed=distributed)
     sizes = []
     for x, y in loader:
@@ -59,24 +60,29 @@ def _poisson_loader(rank: int | None) -> DataLoader:
 LOADERS = {"fixed": (_fixed_loader, False), "poisson": (_poisson_loader, True)}
 
 
-def _worker(rank: int, port: int, kind: str, out: str) -> None:
+def _worker(rank: int, port: int, kind: str, secure: bool, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))  # fail, never hang
     make_loader, poisson = LOADERS[kind]
-    torch.save(_train(make_loader(rank), poisson, distributed=True), f"{out}/rank{rank}.pt")
+    torch.save(_train(make_loader(rank), poisson, distributed=True, secure=secure),
+               f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _run_two_ranks(kind: str, secure: bool, out) -> list[dict]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, kind, secure, str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 @pytest.mark.parametrize("kind", sorted(LOADERS))
 def test_two_ranks_train_as_one_process(kind, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, kind, str(tmp_path)), nprocs=2, join=True)
+    ranks = _run_two_ranks(kind, False, tmp_path)
     make_loader, poisson = LOADERS[kind]
     single = _train(make_loader(None), poisson, distributed=False)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for result in ranks:
         for a, b in zip(result["params"], single["params"]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -88,6 +94,17 @@ def test_two_ranks_train_as_one_process(kind, tmp_path):
     if poisson:
         assert single["sample_rate"] == pytest.approx(1 / 12) and single["steps"] == 12
         assert 0 in ranks[0]["sizes"] + ranks[1]["sizes"]
+
+
+def test_two_ranks_in_secure_mode_share_noise_and_masks(tmp_path):
+    """Rank 0's stream keys reach every rank: the same noise (identical parameters after an
+    epoch) and the same masks (one batch per step on both ranks, an empty share included)."""
+    ranks = _run_two_ranks("poisson", True, tmp_path)
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 12
+    assert ranks[0]["samples_seen"] == ranks[1]["samples_seen"]
+    assert 0 in ranks[0]["sizes"] + ranks[1]["sizes"]
 
 
 def test_fixed_batches_without_a_distributed_sampler_are_refused():

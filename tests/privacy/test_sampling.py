@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.sampling import PoissonBatchSampler, PoissonDataLoader
+from trustlab.privacy.secure import SecureRandom
 
 
 def _batches(sampler) -> list[list[int]]:
@@ -34,9 +35,11 @@ def test_ranks_split_each_batch_and_yield_empty_shares():
     assert any(not shares[r][step] for r in range(3) for step in range(60))
 
 
-def test_batch_sizes_follow_the_sampling_rate():
-    sizes = torch.tensor([len(b) for b in PoissonBatchSampler(
-        1000, 0.02, 2000, torch.Generator().manual_seed(0))], dtype=torch.float64)
+@pytest.mark.parametrize("generator", [torch.Generator().manual_seed(0),
+                                       SecureRandom(bytes(32))], ids=["torch", "secure"])
+def test_batch_sizes_follow_the_sampling_rate(generator):
+    sizes = torch.tensor([len(b) for b in PoissonBatchSampler(1000, 0.02, 2000, generator)],
+                         dtype=torch.float64)
     # Binomial(1000, 0.02): mean 20, variance 19.6; 2000 batches put the mean within 0.1
     assert abs(sizes.mean().item() - 20) < 4 * (19.6 / 2000) ** 0.5
     assert abs(sizes.var().item() / 19.6 - 1) < 4 * (2 / 1999) ** 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -28,14 +29,16 @@ def scale_accumulate(per_sample: Tensor, weights: Tensor) -> Tensor:
 
 
 def noisy_write(sums: list[Tensor], std: float, denominator: float,
-                generator: torch.Generator | None) -> list[Tensor]:
+                generator: torch.Generator | None,
+                draw_normal: Callable[[int, float], Tensor] | None = None) -> list[Tensor]:
     """``(s + N(0, std^2)) / denominator`` for every tensor: noise added once, in the final
     write. The torch path draws all the noise into one flat buffer at scale
     ``std / denominator`` (the scale applied inside the sampler: no extra pass) and adds
-    ``s / denominator`` in one foreach op; the results are views of that buffer."""
+    ``s / denominator`` in one foreach op; the results are views of that buffer.
+    ``draw_normal(n, std)``, when given, draws the noise instead (on the host, any dtype)."""
     if not sums:
         return []
-    if use_triton(sums[0]):
+    if use_triton(sums[0]) and draw_normal is None:
         # one 63-bit Philox seed per step, each tensor at its own offset of that stream: no two
         # tensors or steps share noise (31-bit seeds per tensor collide within ~10^5 steps)
         seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=sums[0].device))
@@ -43,7 +46,9 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
         return [triton_noisy_write(s, std, denominator, seed, offset)
                 for s, offset in zip(sums, offsets)]
     size, like = sum(s.numel() for s in sums), sums[0]
-    if std > 0:
+    if std > 0 and draw_normal is not None:
+        flat = draw_normal(size, std / denominator).to(like.device, like.dtype)
+    elif std > 0:
         flat = torch.empty(size, device=like.device, dtype=like.dtype).normal_(
             0.0, std / denominator, generator=generator)
     else:

@@ -23,6 +23,7 @@ class PrivacyFacts:
     epsilon: float
     delta: float
     accountant: str
+    secure_mode: bool = False  # noise and sampling from a CSPRNG (see trustlab.privacy.secure)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,6 +34,12 @@ def shared_seed(seed: int | None) -> int:
     return int(_from_rank0(value).item())
 
 
+def shared_key(n_bytes: int) -> bytes:
+    """``n_bytes`` from rank 0's CSPRNG, the same on every rank (secure mode's stream keys)."""
+    key = torch.frombuffer(bytearray(secrets.token_bytes(n_bytes)), dtype=torch.uint8)
+    return _from_rank0(key).numpy().tobytes()
+
+
 def shared_generator(generator: torch.Generator | None) -> torch.Generator:
     """A CPU generator on every rank in rank 0's ``generator`` state (the default generator's
     when None), so all ranks draw the same sampling masks as one process would."""

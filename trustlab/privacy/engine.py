@@ -8,6 +8,8 @@ One backward pass gives every tapped layer's activations and output gradients
 
 from __future__ import annotations
 
+import secrets
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
@@ -16,6 +18,7 @@ from trustlab.errors import ConfigError
 from trustlab.privacy.accounting import calibrate_noise
 from trustlab.privacy.optimizer import DPOptimizer
 from trustlab.privacy.sampling import PoissonDataLoader
+from trustlab.privacy.secure import KEY_BYTES, SecureRandom
 from trustlab.privacy.tracker import GradSampleTracker
 from trustlab.privacy.validators import validate
 
@@ -26,7 +29,7 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
                  epochs: int | None = None, accountant: str = "rdp",
                  poisson_sampling: bool = True, loss_reduction: str = "mean",
                  noise_seed: int | None = None, distributed: bool = False,
-                 ) -> tuple[nn.Module, DPOptimizer, DataLoader]:
+                 secure_mode: bool = False) -> tuple[nn.Module, DPOptimizer, DataLoader]:
     """Make ``(module, optimizer, data_loader)`` differentially private, Opacus-style.
 
     Give either ``noise_multiplier`` or ``target_epsilon`` (with ``epochs``). Layers the kernels
@@ -36,7 +39,8 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     ``distributed=True`` (after ``init_process_group``; the same ``data_loader`` over the whole
     dataset on every rank): each rank trains on its share of the one Poisson batch, the clipped
     sums are all-reduced and the (shared-seed) noise is added once. Without Poisson sampling the
-    loader must shard with a ``DistributedSampler``.
+    loader must shard with a ``DistributedSampler``. ``secure_mode=True`` draws the noise and
+    the Poisson masks from a CSPRNG (:mod:`~trustlab.privacy.secure`; slower, not seedable).
     """
     validate(module)
     if (noise_multiplier is None) == (target_epsilon is None):
@@ -47,16 +51,28 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
             "distributed=True with poisson_sampling=False needs a data loader whose sampler is "
             "a torch.utils.data.DistributedSampler: otherwise every rank loads the same batches "
             "and each sample is counted once per rank (or use Poisson sampling, the default)")
+    if secure_mode and noise_seed is not None:
+        raise ConfigError("noise_seed makes the noise reproducible, which secure_mode exists "
+                          "to prevent: give one or the other")
     n = len(data_loader.dataset)  # type: ignore[arg-type]
     rank, world = 0, 1
     if distributed:
         from trustlab.privacy.distributed import (all_reduce_sums, require_group,
-                                                  shared_generator, shared_seed)
+                                                  shared_generator, shared_key, shared_seed)
         rank, world = require_group()
-        noise_seed = shared_seed(noise_seed)
+        if not secure_mode:
+            noise_seed = shared_seed(noise_seed)
+    noise_random = sampling_random = None
+    if secure_mode:  # two stream keys, rank 0's when distributed
+        key = shared_key(2 * KEY_BYTES) if distributed else secrets.token_bytes(2 * KEY_BYTES)
+        noise_random, sampling_random = SecureRandom(key[:KEY_BYTES]), SecureRandom(key[KEY_BYTES:])
     if poisson_sampling:  # q = 1 / len(data_loader), the same batches on any number of ranks
-        generator = shared_generator(data_loader.generator) if distributed else \
-            data_loader.generator
+        if sampling_random is not None:
+            generator = sampling_random
+        elif distributed:
+            generator = shared_generator(data_loader.generator)
+        else:
+            generator = data_loader.generator
         data_loader = PoissonDataLoader(data_loader, generator=generator, rank=rank,
                                         world_size=world)
         sample_rate = data_loader.sample_rate
@@ -72,5 +88,6 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     dp_optimizer = DPOptimizer(optimizer, tracker, noise_multiplier=noise_multiplier,
                                expected_batch_size=sample_rate * n, sample_rate=sample_rate,
                                accountant=accountant, noise_seed=noise_seed,
-                               reduce=all_reduce_sums if distributed else None)
+                               reduce=all_reduce_sums if distributed else None,
+                               secure_random=noise_random)
     return module, dp_optimizer, data_loader

@@ -13,6 +13,7 @@ from torch import Tensor
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import noisy_write
 from trustlab.privacy.accounting import PrivacyFacts, make_accountant
+from trustlab.privacy.secure import SecureRandom
 from trustlab.privacy.tracker import GradSampleTracker
 
 
@@ -23,7 +24,7 @@ class DPOptimizer(torch.optim.Optimizer):
                  noise_multiplier: float, expected_batch_size: float, sample_rate: float,
                  accountant: str = "rdp", noise_seed: int | None = None,
                  reduce: Callable[[list[Tensor], int], tuple[list[Tensor], int]] | None = None,
-                 ) -> None:
+                 secure_random: SecureRandom | None = None) -> None:
         self.original_optimizer = optimizer
         self.tracker = tracker
         self.noise_multiplier = float(noise_multiplier)
@@ -31,8 +32,11 @@ class DPOptimizer(torch.optim.Optimizer):
         self.sample_rate = float(sample_rate)
         self.accountant_name = accountant
         self.accountant = make_accountant(accountant)
-        self.generator = torch.Generator(device=self._device())
-        self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
+        self.secure_random = secure_random  # secure_mode's noise source, else the generator's
+        self.generator: torch.Generator | None = None
+        if secure_random is None:
+            self.generator = torch.Generator(device=self._device())
+            self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
         self.reduce = reduce
         self.steps = 0
         self.samples_seen = 0  # over all steps (and all ranks when distributed)
@@ -100,8 +104,9 @@ class DPOptimizer(torch.optim.Optimizer):
         self._check_sample_count(self.samples_seen + samples)
         self.samples_seen += samples
         std = self.noise_multiplier * self.max_grad_norm
+        draw = self.secure_random.normal if self.secure_random is not None else None
         for p, grad in zip(params, noisy_write(sums, std, self.expected_batch_size,
-                                               self.generator)):
+                                               self.generator, draw)):
             p.grad = grad
         self.tracker.reset()
         self.original_optimizer.step()
@@ -128,16 +133,20 @@ class DPOptimizer(torch.optim.Optimizer):
 
     def privacy_facts(self, delta: float) -> PrivacyFacts:
         return PrivacyFacts(self.noise_multiplier, self.sample_rate, self.steps,
-                            self.max_grad_norm, self.epsilon(delta), delta, self.accountant_name)
+                            self.max_grad_norm, self.epsilon(delta), delta, self.accountant_name,
+                            secure_mode=self.secure_random is not None)
 
     def state_dict(self) -> dict:
         """The wrapped optimizer's state and the privacy state (accountant history, steps,
         samples seen, the noise generator's position): a resumed run goes on spending ε and
-        drawing fresh noise instead of restarting both. Loadable with ``weights_only=True``."""
+        drawing fresh noise instead of restarting both. In secure mode the noise key is not
+        saved (``noise_generator`` is None): a resumed run draws a new key. Loadable with
+        ``weights_only=True``."""
+        generator = None if self.generator is None else self.generator.get_state()
         return {"optimizer": self.original_optimizer.state_dict(),
                 "privacy": {"accountant": dict(self.accountant.state_dict()),
                             "steps": self.steps, "samples_seen": self.samples_seen,
-                            "noise_generator": self.generator.get_state()}}
+                            "noise_generator": generator}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Resume from :meth:`state_dict`; the accountant must be the same kind."""
@@ -151,10 +160,15 @@ class DPOptimizer(torch.optim.Optimizer):
         if saved != ours:
             raise ConfigError(f"the state_dict's accountant is {saved!r}, this optimizer's "
                               f"{ours!r}: give make_private the same accountant= to resume")
+        generator = privacy["noise_generator"]
+        if generator is None and self.generator is not None:
+            raise ConfigError("the state_dict comes from a secure_mode run, whose noise key is "
+                              "not saved: resume it with make_private(..., secure_mode=True)")
         self.original_optimizer.load_state_dict(state_dict["optimizer"])
         self.accountant.load_state_dict(privacy["accountant"])
         self.steps, self.samples_seen = int(privacy["steps"]), int(privacy["samples_seen"])
-        self.generator.set_state(privacy["noise_generator"])
+        if self.generator is not None:
+            self.generator.set_state(generator)
 
     def detach(self) -> None:
         """Remove the taps: the module's layers run their plain forward again."""

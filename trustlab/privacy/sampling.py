@@ -16,28 +16,36 @@ from typing import Iterator
 
 import torch
 from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from trustlab.errors import ConfigError
+from trustlab.privacy.secure import SecureRandom
 
 
 class PoissonBatchSampler(Sampler[list[int]]):
     """``steps`` batches of the indices ``i < num_samples`` drawn with probability
-    ``sample_rate`` each; with ``world_size > 1``, only those with ``i % world_size == rank``."""
+    ``sample_rate`` each; with ``world_size > 1``, only those with ``i % world_size == rank``.
+    The draws come from ``generator``: torch's (None: the default one) or a ``SecureRandom``."""
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int,
-                 generator: torch.Generator | None = None, rank: int = 0,
+                 generator: torch.Generator | SecureRandom | None = None, rank: int = 0,
                  world_size: int = 1) -> None:
         self.num_samples, self.sample_rate, self.steps = num_samples, sample_rate, steps
         self.generator, self.rank, self.world_size = generator, rank, world_size
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps):
-            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            mask = self._uniform() < self.sample_rate
             chosen = mask.nonzero().flatten()
             if self.world_size > 1:
                 chosen = chosen[chosen % self.world_size == self.rank]
             yield chosen.tolist()
+
+    def _uniform(self) -> Tensor:
+        if isinstance(self.generator, SecureRandom):
+            return self.generator.uniform(self.num_samples)
+        return torch.rand(self.num_samples, generator=self.generator)
 
     def __len__(self) -> int:
         return self.steps
@@ -46,11 +54,12 @@ class PoissonBatchSampler(Sampler[list[int]]):
 class PoissonDataLoader(DataLoader):
     """``data_loader``'s dataset, collation and workers, with Poisson batches of rate
     ``sample_rate = 1 / len(data_loader)`` (``len(data_loader)`` steps make one expected epoch)
-    drawn from ``generator`` (None: torch's default generator). Empty batches keep the shapes of
-    the dataset's first sample (0 rows)."""
+    drawn from ``generator`` (None: torch's default generator; or a ``SecureRandom``). Empty
+    batches keep the shapes of the dataset's first sample (0 rows)."""
 
-    def __init__(self, data_loader: DataLoader, *, generator: torch.Generator | None,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, data_loader: DataLoader, *,
+                 generator: torch.Generator | SecureRandom | None, rank: int = 0,
+                 world_size: int = 1) -> None:
         dataset = data_loader.dataset
         if isinstance(dataset, IterableDataset):
             raise ConfigError("Poisson sampling needs a map-style dataset (indexable, with a "
@@ -67,8 +76,10 @@ class PoissonDataLoader(DataLoader):
             dtypes=[dtype_safe(x) for x in first])
         sampler = PoissonBatchSampler(len(dataset), self.sample_rate, steps,  # type: ignore
                                       generator, rank, world_size)
-        super().__init__(dataset, batch_sampler=sampler, collate_fn=collate,
-                         **{**loading_options(data_loader), "generator": generator})
+        options = loading_options(data_loader)
+        if not isinstance(generator, SecureRandom):  # worker seeds follow the sampling stream
+            options["generator"] = generator
+        super().__init__(dataset, batch_sampler=sampler, collate_fn=collate, **options)
 
 
 def loading_options(data_loader: DataLoader) -> dict:
