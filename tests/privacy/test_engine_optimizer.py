@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from dp_reference import train_steps
 from trustlab.errors import ConfigError, TrustlabError
@@ -74,6 +74,29 @@ def test_poisson_loader_and_empty_batches():
     assert opt.epsilon(1e-5) == pytest.approx(eps, rel=1e-6)
     facts = opt.privacy_facts(1e-5).to_dict()
     assert facts["steps"] == len(sizes) and facts["sample_rate"] == pytest.approx(1 / 40)
+
+
+def test_fixed_batches_of_a_custom_batch_sampler_are_accounted_at_one_over_len():
+    """A loader built on a batch_sampler has batch_size None: the rate is each sample's chance
+    to be in a step, 1 / len(loader) (8 batches of 8: 1/8), never 1 / N."""
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(64, 5), torch.randint(0, 2, (64,)))
+    sampler = BatchSampler(RandomSampler(data), batch_size=8, drop_last=False)
+    model = nn.Sequential(nn.Linear(5, 2))
+    model, opt, loader = make_private(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), DataLoader(data, batch_sampler=sampler),
+        noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5, poisson_sampling=False)
+    assert opt.sample_rate == pytest.approx(1 / 8) and opt.expected_batch_size == pytest.approx(8)
+    train_steps(model, opt, loader)  # not refused by the sample-count check
+    assert opt.epsilon(1e-5) == pytest.approx(compute_epsilon(1.0, 1 / 8, 8, 1e-5), rel=1e-9)
+
+
+def test_a_loader_without_batches_is_a_clear_error():
+    model = nn.Linear(5, 2)
+    with pytest.raises(ConfigError, match="no batches"):
+        make_private(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                     DataLoader(TensorDataset(torch.zeros(0, 5)), batch_size=4),
+                     noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5)
 
 
 def test_forward_backward_on_empty_batch_is_a_noise_only_step():

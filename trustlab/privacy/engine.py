@@ -34,8 +34,9 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
 
     Give either ``noise_multiplier`` or ``target_epsilon`` (with ``epochs``). Layers the kernels
     cannot handle raise an error naming them and the fix (see :func:`~.validators.fix`).
-    The returned loader samples Poisson batches at rate ``q = 1 / len(data_loader)`` (empty and
-    variable ones included); the average divides by the expected batch size ``q·N``.
+    The sampling rate is ``q = 1 / len(data_loader)``; the returned loader samples Poisson
+    batches at that rate (empty and variable ones included); the average divides by the
+    expected batch size ``q·N``.
     ``distributed=True`` (after ``init_process_group``; the same ``data_loader`` over the whole
     dataset on every rank): each rank trains on its share of the one Poisson batch, the clipped
     sums are all-reduced and the (shared-seed) noise is added once. Without Poisson sampling the
@@ -54,7 +55,10 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     if secure_mode and noise_seed is not None:
         raise ConfigError("noise_seed makes the noise reproducible, which secure_mode exists "
                           "to prevent: give one or the other")
+    if len(data_loader) == 0:
+        raise ConfigError("the data loader yields no batches: its dataset is empty")
     n = len(data_loader.dataset)  # type: ignore[arg-type]
+    sample_rate = 1 / len(data_loader)  # a sample's chance to be in a step's batch
     rank, world = 0, 1
     if distributed:
         from trustlab.privacy.distributed import (all_reduce_sums, require_group,
@@ -75,9 +79,6 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
             generator = data_loader.generator
         data_loader = PoissonDataLoader(data_loader, generator=generator, rank=rank,
                                         world_size=world)
-        sample_rate = data_loader.sample_rate
-    else:  # fixed batches of batch_size on each rank
-        sample_rate = (data_loader.batch_size or 1) * world / n
     if target_epsilon is not None:
         if epochs is None:
             raise ConfigError("target_epsilon needs epochs (how long the budget must last)")
