@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -285,6 +286,19 @@ def test_validator_names_unsupported_layers_and_fix():
                      max_grad_norm=1.0, target_delta=1e-5)
     fixed = fix(model)
     assert isinstance(fixed[1], nn.GroupNorm) and type(fixed[3]).__name__ == "DPLSTM"
+
+
+def test_a_private_model_cannot_be_made_private_again_until_detached():
+    model, opt, loader = _setup()
+    with pytest.raises(ConfigError, match="already private"):
+        make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                     noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5)
+    copy_of_private = copy.deepcopy(model)  # tapped classes, but not tracked
+    opt.detach()
+    for fresh in (model, copy_of_private):
+        make_private(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), loader,
+                     noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5)
+        assert type(fresh[0]).__mro__[1] is nn.Linear  # tapped once, not a tap of a tap
 
 
 def test_unreachable_target_epsilon_is_a_clear_error():

@@ -32,7 +32,10 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
 
     Swapping the class (not the instance's forward) keeps copies safe: a deep copy of a tapped
     layer is not tracked and runs the plain forward on its own weights. ``dp_sink()`` gives
-    the sink to layers that compute the tapped layer's product themselves."""
+    the sink to layers that compute the tapped layer's product themselves. A tapped class
+    (a deep copy of a private model's layer) is its own tapped class."""
+    if cls in _TAPPED_CLASSES.values():
+        return cls
     if cls not in _TAPPED_CLASSES:
         def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
             tracker = _TRACKERS.get(self)
@@ -77,6 +80,11 @@ class GradSampleTracker:
             self.params[layer] = params
             for p in params:
                 owners.setdefault(id(p), set()).add(layer)
+        tracked = [name for layer, name in self.layers.items() if layer in _TRACKERS]
+        if tracked:
+            raise ConfigError(
+                f"layers {tracked} are already private (make_private was called on this model "
+                "before): call the earlier optimizer's detach() first, or make a fresh model")
         self.shared = {layer for layers in owners.values() if len(layers) > 1 for layer in layers}
         self.sinks = {layer: self._make_sink(layer) for layer in self.layers}
         self.records: dict[nn.Module, list[Record]] = {}
