@@ -7,11 +7,14 @@ import math
 
 import pytest
 
+from trustlab.audit import sweep
+from trustlab.audit.runner import audit
 from trustlab.audit.report import AuditResult, Report
 from trustlab.audit.store import ReportStore
 from trustlab.audit.sweep import (SweepPoint, SweepResult, SweepSettings, pareto_front,
                                   run_sweep, summarize)
 from trustlab.errors import ConfigError
+from trustlab.privacy.tracker import _TRACKERS
 
 # Fake runs: (accuracy, worst equalized-odds gap, MIA TPR, robust accuracy) per ε.
 FAKE = {0.5: (0.70, 0.02, 0.001, 0.30), 2.0: (0.80, 0.05, 0.002, 0.35),
@@ -81,10 +84,18 @@ def test_bad_epsilons_are_rejected():
 
 
 @pytest.mark.slow
-def test_real_sweep_trains_privately(tmp_path):
+def test_real_sweep_trains_privately(tmp_path, monkeypatch):
     settings = SweepSettings(arch="mlp", dataset="german", epsilons=[1.0, math.inf], epochs=2,
                              auditors=["performance"])
+    tracked = []  # whether each audited model still runs through the DP engine's taps
+
+    def spy_audit(subject, **kwargs):
+        tracked.append(any(m in _TRACKERS for m in subject.model.modules()))
+        return audit(subject, **kwargs)
+
+    monkeypatch.setattr(sweep, "audit", spy_audit)
     result = run_sweep(settings, ReportStore(tmp_path / "store"), tmp_path / "out")
+    assert tracked == [False, False]
     private = ReportStore(tmp_path / "store").load(result.points[0].run_id)
     assert private.subject["privacy"]["epsilon"] == pytest.approx(1.0, rel=0.05)
     assert all(p.values["accuracy"] is not None for p in result.points)

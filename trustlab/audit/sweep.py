@@ -212,7 +212,8 @@ def train_and_audit(settings: SweepSettings, epsilon: float) -> tuple[dict, dict
         trained = train(settings.arch, settings.dataset, settings=train_settings, wrap=wrap,
                         show_progress=False)
     trained.meta["training"]["energy"] = meter.reading.to_dict()  # type: ignore[union-attr]
-    if "optimizer" in holder:
+    if "optimizer" in holder:  # the audits run on the plain model, not through the DP taps
+        holder["optimizer"].detach()
         trained.meta["privacy"] = holder["optimizer"].privacy_facts(settings.delta).to_dict()
     name = f"{settings.dataset}-{settings.arch}-eps{epsilon:g}"
     with tempfile.TemporaryDirectory(prefix="trustlab-sweep-") as scratch:
