@@ -46,6 +46,8 @@ class _ConvTap(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple:
         x, weight = ctx.saved_tensors
+        if x.dtype != g.dtype:  # autocast ran the forward in g's dtype
+            x, weight = x.to(g.dtype), weight.to(g.dtype)
         record = Record(x, g, meta={"args": ctx.args, "weight_shape": weight.shape})
         if not ctx.needs_input_grad[1] or len(x) * weight.numel() <= KEEP_LIMIT_ELEMS:
             record = _per_sample_record(record, ctx.needs_input_grad[1])

@@ -53,8 +53,10 @@ def choose_mode(batch: int, seq: int, p: int, d: int) -> str:
 
 
 def row_sq_norms(x: Tensor) -> Tensor:
-    """``||x_i||^2`` over all but the first dim, as one reduction (no squared temporary)."""
-    return torch.linalg.vector_norm(x.flatten(1), dim=1).square()
+    """``||x_i||^2`` over all but the first dim, as one reduction (no squared temporary), in
+    float32 at least (a bf16 norm would be rounded to 3 digits)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return torch.linalg.vector_norm(x.flatten(1), dim=1, dtype=dtype).square()
 
 
 def gram(x: Tensor) -> Tensor:

@@ -153,5 +153,9 @@ def recurrence(gates_x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, bias: Te
     empty, ``c0`` ignored) layer and direction over batch-first ``gates_x = x W_ih^T + b_ih``,
     reporting the hidden projection's :class:`Record` to ``sink`` in backward. ``weight`` and
     ``bias`` are the hidden projection's: inputs of the autograd node (so a backward pass is
-    seen to train them), which gives them no gradient."""
-    return _Recurrence.apply(gates_x, h0, c0, weight, bias, mode, reverse, sink)
+    seen to train them), which gives them no gradient. Under autocast the recurrence runs in
+    the weight's dtype (its hand-written BPTT keeps one dtype throughout)."""
+    dtype = weight.dtype
+    with torch.autocast(gates_x.device.type, enabled=False):
+        return _Recurrence.apply(gates_x.to(dtype), h0.to(dtype), c0.to(dtype), weight, bias,
+                                 mode, reverse, sink)

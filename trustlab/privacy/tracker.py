@@ -11,6 +11,7 @@ form one logical batch).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from typing import Any, Callable
@@ -144,6 +145,10 @@ class GradSampleTracker:
         batch = sizes.pop()
         if batch == 0:  # an empty Poisson batch contributes nothing; step() still adds noise
             return
+        # mixed precision (autocast): norms, clip factors and clipped sums all in the
+        # parameters' dtype, from the same values, so no sample exceeds C by rounding
+        pending = {layer: [_in_dtype(r, self.params[layer][0].dtype) for r in records]
+                   for layer, records in pending.items()}
         scale = float(batch) if self.loss_reduction == "mean" else 1.0
         with shared_results(_shared_data(pending)):
             layer_norms, states, shared = self._sq_norms(pending)
@@ -222,6 +227,15 @@ def _computes_gradient_of(params: list[Tensor]) -> bool:
         except RuntimeError:  # torch.autograd.grad(loss, p): asks for p's gradient itself
             return True
     return False
+
+
+def _in_dtype(record: Record, dtype: torch.dtype) -> Record:
+    """``record`` with its floating-point tensors in ``dtype`` (itself when they are)."""
+    def cast(t: Tensor) -> Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+    if cast(record.a) is record.a and cast(record.g) is record.g:
+        return record
+    return dataclasses.replace(record, a=cast(record.a), g=cast(record.g))
 
 
 def _shared_data(pending: dict[nn.Module, list[Record]]) -> set[tuple]:
