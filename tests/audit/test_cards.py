@@ -67,7 +67,11 @@ def test_sections_and_disaggregation():
         assert f"## {section}" in card
     by_sex = card.split("### By sex")[1].split("### By race")[0]
     assert "fairness.sex.equalized_odds_difference" in by_sex and "race." not in by_sex
-    assert "ε = 3 at δ = 1e-05 (rdp accountant)" in card
+    assert "ε = 3 at δ = 1e-05 (rdp accountant)." in card
+    for fmt in ("md", "html"):
+        secure = render_card(make_report(privacy={"epsilon": 3.0, "delta": 1e-5,
+                                                  "secure_mode": True}), fmt)
+        assert "drawn from a CSPRNG (secure mode)" in secure
 
 
 def test_caveats_come_from_the_run():
