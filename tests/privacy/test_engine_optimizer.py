@@ -25,8 +25,10 @@ def _setup(n: int = 64, batch: int = 16, **kwargs):
     return make_private(model, opt, DataLoader(data, batch_size=batch), **{**args, **kwargs})
 
 
-def test_noise_std_is_sigma_times_c():
-    model, opt, _ = _setup(noise_multiplier=1.3, max_grad_norm=0.7, poisson_sampling=False)
+@pytest.mark.parametrize("secure", [False, True], ids=["torch", "secure_mode"])
+def test_noise_std_is_sigma_times_c(secure):
+    model, opt, _ = _setup(noise_multiplier=1.3, max_grad_norm=0.7, poisson_sampling=False,
+                           secure_mode=secure, noise_seed=None if secure else 0)
     draws = []
     for _ in range(40):  # no backward: pure noise, divided by the expected batch size 16
         opt.zero_grad()
@@ -36,6 +38,7 @@ def test_noise_std_is_sigma_times_c():
     n = noise.numel()  # about 4000 draws: std estimate within ~1.1% (1 s.d.)
     assert abs(noise.std().item() / (1.3 * 0.7) - 1) < 4 / (2 * n) ** 0.5
     assert abs(noise.mean().item()) < 4 * 1.3 * 0.7 / n ** 0.5
+    assert opt.privacy_facts(1e-5).secure_mode == secure
 
 
 def test_noise_is_the_seeded_generators_sequence():
