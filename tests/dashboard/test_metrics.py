@@ -86,3 +86,11 @@ def test_escape_neutralises_markdown_and_html() -> None:
 def test_front_matter_split() -> None:
     assert split_front_matter("---\na: 1\n---\n\n# Card\n") == ("a: 1", "# Card\n")
     assert split_front_matter("# Card\n") == ("", "# Card\n")
+
+
+def test_dp_training_facts_in_order_as_text() -> None:
+    table = m.dp_training_facts({"steps": 12, "epsilon": 2.5, "secure_mode": True,
+                                 "accountant": "prv", "delta": None, "mechanism": "dp-sgd"})
+    assert table.values.tolist() == [["ε (claimed)", "2.5"], ["steps", "12"],
+                                     ["accountant", "prv"],
+                                     ["secure mode (CSPRNG noise and sampling)", "yes"]]

@@ -60,6 +60,10 @@ def test_detail_pages_show_the_runs_own_numbers(open_app, sample_store) -> None:
     assert table.loc[("lira", "TPR @ FPR=0.001"), "value"] == \
         pytest.approx(privacy["privacy.lira.tpr_at_0.001_fpr"]["value"])
     assert app.get("image"), "the inversion grid is not shown"
+    facts = next(d.value for d in app.dataframe if list(d.value.columns) == ["fact", "value"])
+    facts = facts.set_index("fact")["value"]
+    assert facts["noise multiplier σ"] == "0.93" and facts["steps"] == "161"
+    assert facts["secure mode (CSPRNG noise and sampling)"] == "no"
 
 
 def test_missing_auditors_show_notes_not_errors(open_app, sample_store) -> None:

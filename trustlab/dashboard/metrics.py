@@ -92,6 +92,21 @@ def epsilons(frame: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(kind=rows["name"].map(names))
 
 
+DP_FACTS = {"epsilon": "ε (claimed)", "delta": "δ", "target_epsilon": "target ε",
+            "noise_multiplier": "noise multiplier σ", "sample_rate": "sampling rate q",
+            "steps": "steps", "max_grad_norm": "clipping bound C", "accountant": "accountant",
+            "secure_mode": "secure mode (CSPRNG noise and sampling)"}
+
+
+def dp_training_facts(facts: dict) -> pd.DataFrame:
+    """The DP training run's privacy facts (checkpoint meta ``privacy``) as (fact, value) rows,
+    in a fixed order; values as text (the column mixes numbers, names and flags)."""
+    rows = [(label, "yes" if facts[key] is True else "no" if facts[key] is False
+             else f"{facts[key]:.6g}" if isinstance(facts[key], float) else str(facts[key]))
+            for key, label in DP_FACTS.items() if facts.get(key) is not None]
+    return pd.DataFrame(rows, columns=["fact", "value"])
+
+
 def parameter_curves(frame: pd.DataFrame, word: str = "accuracy") -> pd.DataFrame:
     """Metrics containing ``word`` and a numeric ε/radius in the name, as curves.
 

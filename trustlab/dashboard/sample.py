@@ -24,6 +24,9 @@ MODELS = (("adult-mlp", "mlp", "adult"), ("adult-ft_transformer", "ft_transforme
           ("digits-cnn", "cnn", "digits"), ("digits-vit", "vit", "digits"),
           ("digits-lstm", "lstm", "digits"), ("digits-gru", "gru", "digits"),
           ("adult-autoencoder", "autoencoder", "adult"))  # the demo's reference zoo
+DP_FACTS = {"noise_multiplier": 0.93, "sample_rate": 0.031, "steps": 161, "max_grad_norm": 1.0,
+            "epsilon": 8.0, "delta": 1e-5, "accountant": "rdp", "secure_mode": False,
+            "target_epsilon": 8.0, "mechanism": "dp-sgd", "sampling": "poisson"}
 HOSTILE_NAME = '<script>alert("x")</script> **bold** [link](https://example.com) :red[x] $x$'
 GROUPS = {"sex": ("Female", "Male"), "race": ("Black", "White", "Other")}
 EPSILONS = (0.0, 0.01, 0.02, 0.05, 0.1)
@@ -49,8 +52,7 @@ def make_sample_store(root: str | Path, n_runs: int = 6, *, artifacts: bool = Tr
         report = Report(run_id=run_id, created=(start + timedelta(hours=i)).isoformat(),
                         subject={"name": name, "arch": arch, "dataset": dataset,
                                  "task": "classification",
-                                 "privacy": {"epsilon": 8.0, "delta": 1e-5} if i % 3 == 0
-                                 else None},
+                                 "privacy": DP_FACTS if i % 3 == 0 else None},
                         provenance={"seed": seed, "trustlab": "0.1.0"},
                         results=_results(i, rng, staging))
         store.save(report)

@@ -45,8 +45,11 @@ for (attack, feature), part in by_group.groupby(["attack", "feature"], sort=Fals
 st.subheader("Claimed vs empirical ε")
 eps = m.epsilons(frame)
 components.show_artifacts(report, placed["epsilon"])
+facts = report.subject.get("privacy")
+if facts:
+    st.caption("How the model was trained with DP-SGD (the claimed ε's accounting):")
+    st.dataframe(m.dp_training_facts(facts), hide_index=True)
 if eps.empty:
-    facts = report.subject.get("privacy")
     st.info("This run has no ε to compare" + ("" if facts else ": the model was not trained "
             "with differential privacy") + ".", icon=":material/info:")
 else:
