@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.accounting import calibrate_noise
+from trustlab.privacy.distributed import (all_reduce_sums, require_group, shared_generator,
+                                          shared_key, shared_seed)
 from trustlab.privacy.optimizer import DPOptimizer
-from trustlab.privacy.sampling import PoissonDataLoader
+from trustlab.privacy.sampling import PoissonDataLoader, Sampling
 from trustlab.privacy.secure import KEY_BYTES, SecureRandom
 from trustlab.privacy.tracker import GradSampleTracker
 from trustlab.privacy.validators import validate
@@ -44,8 +46,38 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     the Poisson masks from a CSPRNG (:mod:`~trustlab.privacy.secure`; slower, not seedable).
     """
     validate(module)
+    _check_options(data_loader, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
+                   epochs=epochs, poisson_sampling=poisson_sampling, distributed=distributed,
+                   secure_mode=secure_mode, noise_seed=noise_seed)
+    n = len(data_loader.dataset)  # type: ignore[arg-type]
+    sample_rate = 1 / len(data_loader)  # a sample's chance to be in a step's batch
+    rank, world = require_group() if distributed else (0, 1)
+    noise_seed, noise_random, sampling_source = _random_sources(data_loader, distributed,
+                                                                secure_mode, noise_seed)
+    if poisson_sampling:  # the same batches on any number of ranks
+        data_loader = PoissonDataLoader(data_loader, generator=sampling_source, rank=rank,
+                                        world_size=world)
+    if target_epsilon is not None:
+        noise_multiplier = calibrate_noise(target_epsilon, target_delta, sample_rate,
+                                           int(epochs / sample_rate), accountant)  # type: ignore
+    tracker = GradSampleTracker(module, max_grad_norm, loss_reduction)
+    tracker.attach()
+    dp_optimizer = DPOptimizer(optimizer, tracker, noise_multiplier=noise_multiplier,
+                               expected_batch_size=sample_rate * n, sample_rate=sample_rate,
+                               accountant=accountant, noise_seed=noise_seed,
+                               reduce=all_reduce_sums if distributed else None,
+                               secure_random=noise_random)
+    return module, dp_optimizer, data_loader
+
+
+def _check_options(data_loader: DataLoader, *, noise_multiplier: float | None,
+                   target_epsilon: float | None, epochs: int | None, poisson_sampling: bool,
+                   distributed: bool, secure_mode: bool, noise_seed: int | None) -> None:
+    """Refuse what cannot work, before anything is changed."""
     if (noise_multiplier is None) == (target_epsilon is None):
         raise ConfigError("give exactly one of noise_multiplier or target_epsilon")
+    if target_epsilon is not None and epochs is None:
+        raise ConfigError("target_epsilon needs epochs (how long the budget must last)")
     if distributed and not poisson_sampling and not isinstance(data_loader.sampler,
                                                                DistributedSampler):
         raise ConfigError(
@@ -57,38 +89,15 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
                           "to prevent: give one or the other")
     if len(data_loader) == 0:
         raise ConfigError("the data loader yields no batches: its dataset is empty")
-    n = len(data_loader.dataset)  # type: ignore[arg-type]
-    sample_rate = 1 / len(data_loader)  # a sample's chance to be in a step's batch
-    rank, world = 0, 1
-    if distributed:
-        from trustlab.privacy.distributed import (all_reduce_sums, require_group,
-                                                  shared_generator, shared_key, shared_seed)
-        rank, world = require_group()
-        if not secure_mode:
-            noise_seed = shared_seed(noise_seed)
-    noise_random = sampling_random = None
-    if secure_mode:  # two stream keys, rank 0's when distributed
+
+
+def _random_sources(data_loader: DataLoader, distributed: bool, secure_mode: bool,
+                    noise_seed: int | None) -> tuple[int | None, SecureRandom | None, Sampling]:
+    """(the noise seed, secure mode's noise stream, the Poisson masks' source); distributed,
+    rank 0's on every rank."""
+    if secure_mode:  # two stream keys
         key = shared_key(2 * KEY_BYTES) if distributed else secrets.token_bytes(2 * KEY_BYTES)
-        noise_random, sampling_random = SecureRandom(key[:KEY_BYTES]), SecureRandom(key[KEY_BYTES:])
-    if poisson_sampling:  # q = 1 / len(data_loader), the same batches on any number of ranks
-        if sampling_random is not None:
-            generator = sampling_random
-        elif distributed:
-            generator = shared_generator(data_loader.generator)
-        else:
-            generator = data_loader.generator
-        data_loader = PoissonDataLoader(data_loader, generator=generator, rank=rank,
-                                        world_size=world)
-    if target_epsilon is not None:
-        if epochs is None:
-            raise ConfigError("target_epsilon needs epochs (how long the budget must last)")
-        noise_multiplier = calibrate_noise(target_epsilon, target_delta, sample_rate,
-                                           int(epochs / sample_rate), accountant)
-    tracker = GradSampleTracker(module, max_grad_norm, loss_reduction)
-    tracker.attach()
-    dp_optimizer = DPOptimizer(optimizer, tracker, noise_multiplier=noise_multiplier,
-                               expected_batch_size=sample_rate * n, sample_rate=sample_rate,
-                               accountant=accountant, noise_seed=noise_seed,
-                               reduce=all_reduce_sums if distributed else None,
-                               secure_random=noise_random)
-    return module, dp_optimizer, data_loader
+        return None, SecureRandom(key[:KEY_BYTES]), SecureRandom(key[KEY_BYTES:])
+    if distributed:
+        return shared_seed(noise_seed), None, shared_generator(data_loader.generator)
+    return noise_seed, None, data_loader.generator

@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 from trustlab.errors import ConfigError
 from trustlab.privacy.secure import SecureRandom
 
+Sampling = torch.Generator | SecureRandom | None  # where the masks come from (None: torch's)
+
 
 class PoissonBatchSampler(Sampler[list[int]]):
     """``steps`` batches of the indices ``i < num_samples`` drawn with probability
@@ -29,8 +31,7 @@ class PoissonBatchSampler(Sampler[list[int]]):
     The draws come from ``generator``: torch's (None: the default one) or a ``SecureRandom``."""
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int,
-                 generator: torch.Generator | SecureRandom | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 generator: Sampling = None, rank: int = 0, world_size: int = 1) -> None:
         self.num_samples, self.sample_rate, self.steps = num_samples, sample_rate, steps
         self.generator, self.rank, self.world_size = generator, rank, world_size
 
@@ -57,8 +58,7 @@ class PoissonDataLoader(DataLoader):
     drawn from ``generator`` (None: torch's default generator; or a ``SecureRandom``). Empty
     batches keep the shapes of the dataset's first sample (0 rows)."""
 
-    def __init__(self, data_loader: DataLoader, *,
-                 generator: torch.Generator | SecureRandom | None, rank: int = 0,
+    def __init__(self, data_loader: DataLoader, *, generator: Sampling, rank: int = 0,
                  world_size: int = 1) -> None:
         dataset = data_loader.dataset
         if isinstance(dataset, IterableDataset):
