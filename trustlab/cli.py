@@ -29,6 +29,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trained = train_private(args.arch, args.dataset, target_epsilon=args.target_epsilon,
                                 delta=args.delta, max_grad_norm=args.max_grad_norm,
                                 accountant=args.accountant, secure_mode=args.secure_mode,
+                                clipping=args.clipping,
                                 settings=settings, out=args.out, dataset_path=args.data_path)
     elif args.adv_train:
         from trustlab.attacks.defences import train_adversarial
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     private.add_argument("--delta", type=float, default=1e-5)
     private.add_argument("--max-grad-norm", type=float, default=1.0, help="clipping bound C")
     private.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    private.add_argument("--clipping", choices=("flat", "adaptive"), default="flat",
+                         help="adaptive: the bound starts at --max-grad-norm and follows the "
+                              "median per-sample norm (Andrew et al. 2021)")
     private.add_argument("--secure-mode", action="store_true",
                          help="draw the noise and the Poisson batches from a CSPRNG (slower; "
                               "for the run you ship)")

@@ -24,15 +24,17 @@ def _dataset(n: int) -> TensorDataset:
     return TensorDataset(torch.randn(n, 5, generator=g), torch.randint(0, 2, (n,), generator=g))
 
 
-def _train(loader: DataLoader, poisson: bool, distributed: bool, secure: bool = False) -> dict:
-    """One epoch of DP-SGD; the final parameters, ε and each batch's sample count."""
+def _train(loader: DataLoader, poisson: bool, distributed: bool, secure: bool = False,
+           **options) -> dict:
+    """One epoch of DP-SGD; the final parameters, ε, the bound and each batch's size."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     model, opt, loader = make_private(model, opt, loader, noise_multiplier=0.8,
                                       max_grad_norm=0.2, target_delta=1e-5,
                                       noise_seed=None if secure else 7, secure_mode=secure,
-                                      poisson_sampling=poisson, distributed=distributed)
+                                      poisson_sampling=poisson, distributed=distributed,
+                                      **options)
     sizes = []
     for x, y in loader:
         sizes.append(len(x))
@@ -41,7 +43,8 @@ def _train(loader: DataLoader, poisson: bool, distributed: bool, secure: bool = 
         opt.step()
     return {"params": [p.detach().clone() for p in model.parameters()], "sizes": sizes,
             "steps": opt.steps, "samples_seen": opt.samples_seen,
-            "sample_rate": opt.sample_rate, "epsilon": opt.epsilon(1e-5)}
+            "sample_rate": opt.sample_rate, "epsilon": opt.epsilon(1e-5),
+            "max_grad_norm": opt.max_grad_norm}
 
 
 def _fixed_loader(rank: int | None) -> DataLoader:  # rank None: one process, whole batch
@@ -57,15 +60,18 @@ def _poisson_loader(rank: int | None) -> DataLoader:
     return DataLoader(_dataset(24), batch_size=2, generator=torch.Generator().manual_seed(3))
 
 
-LOADERS = {"fixed": (_fixed_loader, False), "poisson": (_poisson_loader, True)}
+# kind: (loader maker, Poisson sampling, make_private options)
+LOADERS = {"fixed": (_fixed_loader, False, {}), "poisson": (_poisson_loader, True, {}),
+           "adaptive": (_poisson_loader, True, {"clipping": "adaptive",
+                                                "unclipped_num_std": 1.0})}
 
 
 def _worker(rank: int, port: int, kind: str, secure: bool, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))  # fail, never hang
-    make_loader, poisson = LOADERS[kind]
-    torch.save(_train(make_loader(rank), poisson, distributed=True, secure=secure),
+    make_loader, poisson, options = LOADERS[kind]
+    torch.save(_train(make_loader(rank), poisson, distributed=True, secure=secure, **options),
                f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -81,12 +87,12 @@ def _run_two_ranks(kind: str, secure: bool, out) -> list[dict]:
 @pytest.mark.parametrize("kind", sorted(LOADERS))
 def test_two_ranks_train_as_one_process(kind, tmp_path):
     ranks = _run_two_ranks(kind, False, tmp_path)
-    make_loader, poisson = LOADERS[kind]
-    single = _train(make_loader(None), poisson, distributed=False)
+    make_loader, poisson, options = LOADERS[kind]
+    single = _train(make_loader(None), poisson, distributed=False, **options)
     for result in ranks:
         for a, b in zip(result["params"], single["params"]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        for key in ("steps", "samples_seen", "sample_rate", "epsilon"):
+        for key in ("steps", "samples_seen", "sample_rate", "epsilon", "max_grad_norm"):
             assert result[key] == pytest.approx(single[key], rel=1e-9), key
     # every rank stepped once per batch of the single process, on its share of that batch
     shares = [sum(pair) for pair in zip(ranks[0]["sizes"], ranks[1]["sizes"])]

@@ -24,6 +24,7 @@ class PrivacyFacts:
     delta: float
     accountant: str
     secure_mode: bool = False  # noise and sampling from a CSPRNG (see trustlab.privacy.secure)
+    clipping: str = "flat"  # "adaptive": max_grad_norm is where the bound ended
 
     def to_dict(self) -> dict:
         return asdict(self)

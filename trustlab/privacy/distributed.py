@@ -48,10 +48,13 @@ def shared_generator(generator: torch.Generator | None) -> torch.Generator:
     return shared
 
 
-def all_reduce_sums(sums: list[Tensor], samples: int) -> tuple[list[Tensor], int]:
-    """Each tensor and the sample count summed over ranks, in one collective."""
-    count = sums[0].new_full((1,), samples)  # exact in float32 up to 2^24 samples a step
-    flat = torch.cat([s.reshape(-1) for s in sums] + [count])
+def all_reduce_sums(sums: list[Tensor], counts: list[float]
+                    ) -> tuple[list[Tensor], list[float]]:
+    """Each tensor and each count (samples, unclipped samples) summed over ranks, in one
+    collective."""
+    extra = sums[0].new_tensor(counts)  # counts are exact in float32 up to 2^24 a step
+    flat = torch.cat([s.reshape(-1) for s in sums] + [extra])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    chunks = flat[:-1].split([s.numel() for s in sums])
-    return [chunk.view_as(s) for chunk, s in zip(chunks, sums)], round(flat[-1].item())
+    chunks = flat[:-len(counts)].split([s.numel() for s in sums])
+    return ([chunk.view_as(s) for chunk, s in zip(chunks, sums)],
+            flat[-len(counts):].tolist())

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.accounting import calibrate_noise
+from trustlab.privacy.adaptive import AdaptiveClipping
 from trustlab.privacy.distributed import (all_reduce_sums, require_group, shared_generator,
                                           shared_key, shared_seed)
 from trustlab.privacy.optimizer import DPOptimizer
@@ -31,7 +32,10 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
                  epochs: int | None = None, accountant: str = "rdp",
                  poisson_sampling: bool = True, loss_reduction: str = "mean",
                  noise_seed: int | None = None, distributed: bool = False,
-                 secure_mode: bool = False) -> tuple[nn.Module, DPOptimizer, DataLoader]:
+                 secure_mode: bool = False, clipping: str = "flat",
+                 target_unclipped_quantile: float = 0.5, clipbound_learning_rate: float = 0.2,
+                 unclipped_num_std: float | None = None,
+                 ) -> tuple[nn.Module, DPOptimizer, DataLoader]:
     """Make ``(module, optimizer, data_loader)`` differentially private, Opacus-style.
 
     Give either ``noise_multiplier`` or ``target_epsilon`` (with ``epochs``). Layers the kernels
@@ -44,11 +48,14 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     sums are all-reduced and the (shared-seed) noise is added once. Without Poisson sampling the
     loader must shard with a ``DistributedSampler``. ``secure_mode=True`` draws the noise and
     the Poisson masks from a CSPRNG (:mod:`~trustlab.privacy.secure`; slower, not seedable).
+    ``clipping="adaptive"`` starts the bound at ``max_grad_norm`` and moves it towards the
+    ``target_unclipped_quantile`` of the per-sample norms (:mod:`~trustlab.privacy.adaptive`;
+    the count's noise ``unclipped_num_std`` defaults to the expected batch size / 20).
     """
     validate(module)
     _check_options(data_loader, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
                    epochs=epochs, poisson_sampling=poisson_sampling, distributed=distributed,
-                   secure_mode=secure_mode, noise_seed=noise_seed)
+                   secure_mode=secure_mode, noise_seed=noise_seed, clipping=clipping)
     n = len(data_loader.dataset)  # type: ignore[arg-type]
     sample_rate = 1 / len(data_loader)  # a sample's chance to be in a step's batch
     rank, world = require_group() if distributed else (0, 1)
@@ -60,20 +67,28 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     if target_epsilon is not None:
         noise_multiplier = calibrate_noise(target_epsilon, target_delta, sample_rate,
                                            int(epochs / sample_rate), accountant)  # type: ignore
-    tracker = GradSampleTracker(module, max_grad_norm, loss_reduction)
-    tracker.attach()
+    adaptive = None
+    if clipping == "adaptive":
+        adaptive = AdaptiveClipping(target_unclipped_quantile, clipbound_learning_rate,
+                                    unclipped_num_std or sample_rate * n / 20)
+    tracker = GradSampleTracker(module, max_grad_norm, loss_reduction,
+                                count_unclipped=adaptive is not None)
     dp_optimizer = DPOptimizer(optimizer, tracker, noise_multiplier=noise_multiplier,
                                expected_batch_size=sample_rate * n, sample_rate=sample_rate,
                                accountant=accountant, noise_seed=noise_seed,
                                reduce=all_reduce_sums if distributed else None,
-                               secure_random=noise_random)
+                               secure_random=noise_random, adaptive=adaptive)
+    tracker.attach()  # last: every check above has passed
     return module, dp_optimizer, data_loader
 
 
 def _check_options(data_loader: DataLoader, *, noise_multiplier: float | None,
                    target_epsilon: float | None, epochs: int | None, poisson_sampling: bool,
-                   distributed: bool, secure_mode: bool, noise_seed: int | None) -> None:
+                   distributed: bool, secure_mode: bool, noise_seed: int | None,
+                   clipping: str) -> None:
     """Refuse what cannot work, before anything is changed."""
+    if clipping not in ("flat", "adaptive"):
+        raise ConfigError(f"clipping must be 'flat' or 'adaptive', got {clipping!r}")
     if (noise_multiplier is None) == (target_epsilon is None):
         raise ConfigError("give exactly one of noise_multiplier or target_epsilon")
     if target_epsilon is not None and epochs is None:

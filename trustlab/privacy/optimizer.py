@@ -13,6 +13,7 @@ from torch import Tensor
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import noisy_write
 from trustlab.privacy.accounting import PrivacyFacts, make_accountant
+from trustlab.privacy.adaptive import AdaptiveClipping
 from trustlab.privacy.secure import SecureRandom
 from trustlab.privacy.tracker import GradSampleTracker
 
@@ -23,11 +24,17 @@ class DPOptimizer(torch.optim.Optimizer):
     def __init__(self, optimizer: torch.optim.Optimizer, tracker: GradSampleTracker, *,
                  noise_multiplier: float, expected_batch_size: float, sample_rate: float,
                  accountant: str = "rdp", noise_seed: int | None = None,
-                 reduce: Callable[[list[Tensor], int], tuple[list[Tensor], int]] | None = None,
-                 secure_random: SecureRandom | None = None) -> None:
+                 reduce: Callable[[list[Tensor], list[float]],
+                                  tuple[list[Tensor], list[float]]] | None = None,
+                 secure_random: SecureRandom | None = None,
+                 adaptive: AdaptiveClipping | None = None) -> None:
         self.original_optimizer = optimizer
         self.tracker = tracker
-        self.noise_multiplier = float(noise_multiplier)
+        self.noise_multiplier = float(noise_multiplier)  # what the accountant is told
+        self.adaptive = adaptive
+        # the gradient's own multiplier: σ, or less when the clipped count also gets noise
+        self.gradient_noise_multiplier = (self.noise_multiplier if adaptive is None else
+                                          adaptive.gradient_noise_multiplier(noise_multiplier))
         self.expected_batch_size = float(expected_batch_size)
         self.sample_rate = float(sample_rate)
         self.accountant_name = accountant
@@ -98,21 +105,35 @@ class DPOptimizer(torch.optim.Optimizer):
         params = self.params()
         sums = [self.tracker.summed[p] if p in self.tracker.summed else torch.zeros_like(p)
                 for p in params]
-        samples = self.tracker.samples
-        if self.reduce is not None:  # over all ranks: every rank checks the same count
-            sums, samples = self.reduce(sums, samples)
+        counts = [float(self.tracker.samples), float(self.tracker.unclipped)]
+        if self.reduce is not None:  # over all ranks: every rank sees the same counts
+            sums, counts = self.reduce(sums, counts)
+        samples, unclipped = round(counts[0]), counts[1]
         self._check_sample_count(self.samples_seen + samples)
         self.samples_seen += samples
-        std = self.noise_multiplier * self.max_grad_norm
+        std = self.gradient_noise_multiplier * self.max_grad_norm
         draw = self.secure_random.normal if self.secure_random is not None else None
         for p, grad in zip(params, noisy_write(sums, std, self.expected_batch_size,
                                                self.generator, draw)):
             p.grad = grad
         self.tracker.reset()
         self.original_optimizer.step()
+        if self.adaptive is not None:
+            self.tracker.max_grad_norm = self.adaptive.next_bound(
+                self.max_grad_norm, unclipped, samples, self._count_noise(),
+                self.expected_batch_size)
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         self.steps += 1
         return loss
+
+    def _count_noise(self) -> float:
+        """One N(0, σ_b²) draw for adaptive clipping's count, from the noise's own source."""
+        std = self.adaptive.count_std  # type: ignore[union-attr]
+        if self.secure_random is not None:
+            return float(self.secure_random.normal(1, std))
+        assert self.generator is not None
+        return float(torch.randn(1, generator=self.generator,
+                                 device=self.generator.device)) * std
 
     def _check_sample_count(self, seen: int) -> None:
         """Refuse a step when the samples so far exceed what one loader batch per step gives
@@ -134,7 +155,8 @@ class DPOptimizer(torch.optim.Optimizer):
     def privacy_facts(self, delta: float) -> PrivacyFacts:
         return PrivacyFacts(self.noise_multiplier, self.sample_rate, self.steps,
                             self.max_grad_norm, self.epsilon(delta), delta, self.accountant_name,
-                            secure_mode=self.secure_random is not None)
+                            secure_mode=self.secure_random is not None,
+                            clipping="flat" if self.adaptive is None else "adaptive")
 
     def state_dict(self) -> dict:
         """The wrapped optimizer's state and the privacy state (accountant history, steps,
@@ -146,6 +168,7 @@ class DPOptimizer(torch.optim.Optimizer):
         return {"optimizer": self.original_optimizer.state_dict(),
                 "privacy": {"accountant": dict(self.accountant.state_dict()),
                             "steps": self.steps, "samples_seen": self.samples_seen,
+                            "max_grad_norm": self.max_grad_norm,
                             "noise_generator": generator}}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -167,6 +190,7 @@ class DPOptimizer(torch.optim.Optimizer):
         self.original_optimizer.load_state_dict(state_dict["optimizer"])
         self.accountant.load_state_dict(privacy["accountant"])
         self.steps, self.samples_seen = int(privacy["steps"]), int(privacy["samples_seen"])
+        self.tracker.max_grad_norm = float(privacy.get("max_grad_norm", self.max_grad_norm))
         if self.generator is not None:
             self.generator.set_state(generator)
 

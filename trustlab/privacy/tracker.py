@@ -60,7 +60,8 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
 class GradSampleTracker:
     """Collects each tapped layer's records and turns them into accumulated clipped sums."""
 
-    def __init__(self, module: nn.Module, max_grad_norm: float, loss_reduction: str) -> None:
+    def __init__(self, module: nn.Module, max_grad_norm: float, loss_reduction: str,
+                 count_unclipped: bool = False) -> None:
         if loss_reduction not in ("mean", "sum"):
             raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if max_grad_norm <= 0:
@@ -91,6 +92,8 @@ class GradSampleTracker:
         self.records: dict[nn.Module, list[Record]] = {}
         self.summed: dict[Tensor, Tensor] = {}
         self.samples = 0
+        self.count_unclipped = count_unclipped  # adaptive clipping needs the count
+        self.unclipped: Tensor | int = 0  # samples within the bound since the last reset
         self.last_sq_norms: Tensor | None = None
         self._callback_queued = False
         self._recorded_nodes: weakref.WeakSet = weakref.WeakSet()  # backward nodes since step
@@ -157,6 +160,8 @@ class GradSampleTracker:
         self._check_finite(norms, layer_norms)
         self.last_sq_norms = norms
         weights = clip_factors(norms, self.max_grad_norm, scale)
+        if self.count_unclipped:  # the factor is 1: ||g_i|| + eps <= C
+            self.unclipped = self.unclipped + (weights == scale).sum()
         # smallest layers first, each layer's records dropped once its sum is formed: the
         # largest layer's temporaries then coexist with little else (the peak of the flush)
         for layer in sorted(states, key=lambda layer: _record_bytes(pending[layer])):
@@ -212,7 +217,7 @@ class GradSampleTracker:
     def reset(self) -> None:
         self.records.clear()
         self.summed.clear()
-        self.samples = 0
+        self.samples = self.unclipped = 0
         self._recorded_nodes.clear()
 
 

@@ -33,15 +33,16 @@ def train_private(arch: str, dataset: str, *, target_epsilon: float, delta: floa
                   max_grad_norm: float = 1.0, settings: TrainSettings | None = None,
                   config: dict | None = None, out: str | Path | None = None,
                   accountant: str = "rdp", noise_seed: int | None = None,
-                  secure_mode: bool = False, show_progress: bool = True,
+                  secure_mode: bool = False, clipping: str = "flat", show_progress: bool = True,
                   **train_kwargs) -> TrainedModel:
     """Train ``arch`` on ``dataset`` at (``target_epsilon``, ``delta``)-DP with Poisson sampling.
 
     Layers the kernels do not cover are swapped for DP-friendly equivalents first (LSTM/GRU,
     multi-head attention). Unset ``settings`` fields take :data:`DP_TRAINING`'s values for
     ``arch``, then the architecture's defaults. The meta's ``privacy`` entry holds σ, q,
-    steps, C, ε, δ, the accountant and whether ``secure_mode`` drew the noise; ``ε`` is what the
-    run actually spent (early stopping may spend less).
+    steps, C (with ``clipping="adaptive"``, where the bound ended), ε, δ, the accountant and
+    whether ``secure_mode`` drew the noise; ``ε`` is what the run actually spent (early stopping
+    may spend less).
     """
     settings = (settings or TrainSettings()).resolved({**arch_info(arch).training,
                                                        **DP_TRAINING.get(arch, {})})
@@ -59,7 +60,7 @@ def train_private(arch: str, dataset: str, *, target_epsilon: float, delta: floa
         model, dp_optimizer, loader = make_private(
             model, optimizer, loader, target_epsilon=target_epsilon, target_delta=delta,
             max_grad_norm=max_grad_norm, epochs=settings.epochs, accountant=accountant,
-            noise_seed=noise_seed, secure_mode=secure_mode)
+            noise_seed=noise_seed, secure_mode=secure_mode, clipping=clipping)
         engine.append(dp_optimizer)
         return model, dp_optimizer, loader
 
