@@ -32,7 +32,7 @@ class DPOptimizer(torch.optim.Optimizer):
         self.tracker = tracker
         self.noise_multiplier = float(noise_multiplier)  # what the accountant is told
         self.adaptive = adaptive
-        # the gradient's own multiplier: σ, or less when the clipped count also gets noise
+        # the gradient's own multiplier: σ, or more when the clipped count also gets noise
         self.gradient_noise_multiplier = (self.noise_multiplier if adaptive is None else
                                           adaptive.gradient_noise_multiplier(noise_multiplier))
         self.expected_batch_size = float(expected_batch_size)
