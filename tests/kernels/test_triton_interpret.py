@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
-from trustlab.kernels import clip, embedding, linear, norm  # noqa: E402
+from trustlab.kernels import chacha, clip, embedding, linear, norm  # noqa: E402
 
 
 @pytest.mark.parametrize("seq", [1, 5, 20])
@@ -104,3 +104,11 @@ def test_engine_on_the_triton_path_matches_the_torch_path(monkeypatch):
     seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(1)))
     stream = clip.triton_noisy_write(torch.zeros(len(noise)), 50.0 * 0.3, 6.0, seed)
     torch.testing.assert_close(noise, stream, rtol=1e-4, atol=1e-4)
+
+
+def test_chacha20_kernel_matches_the_torch_path():
+    """Several programs (300 blocks in tiles of 128, the last one partial), key and nonce words
+    with the top bit set, a counter offset."""
+    words = [0xFFFFFFFF - 7 * i for i in range(8)] + [0x80000001, 0xDEADBEEF, 7]
+    torch.testing.assert_close(chacha.triton_chacha20_words(words, 300, 5, "cpu"),
+                               chacha.torch_chacha20_words(words, 300, 5), rtol=0, atol=0)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dp_reference import train_steps
 from trustlab.errors import ConfigError
+from trustlab.kernels.chacha import chacha20_words
 from trustlab.privacy import make_private
 from trustlab.privacy.secure import SecureRandom
 
@@ -38,6 +39,25 @@ def test_uniforms_are_the_top_53_bits_of_the_keyed_stream():
         block = hashlib.shake_256(KEY + counter.to_bytes(16, "little")).digest(8 * 5)
         want = [(w >> 11) / 2**53 for w in struct.unpack("<5Q", block)]
         assert random.uniform(5).tolist() == want
+
+
+def test_chacha20_key_stream_is_rfc_8439s():
+    """RFC 8439 §2.3.2: key 00..1f, nonce 00:00:00:09:00:00:00:4a:00:00:00:00, block 1."""
+    nonce = int.from_bytes(bytes.fromhex("000000090000004a00000000"), "little")
+    block = chacha20_words(bytes(range(32)), nonce, 1, counter=1)[0].tolist()
+    assert b"".join(w.to_bytes(4, "little") for w in block).hex() == (
+        "10f1e7e4d13b5915500fdd1fa32071c4c7d1f4c733c068030422aa9ac3d46c4e"
+        "d2826446079faa0914c2d705d98b02a2b5129cd1de164eb9cbd083e8a2503c4e")
+
+
+def test_gpu_uniforms_are_the_top_53_bits_of_the_chacha20_stream():
+    """The CUDA stream, run here through its torch path: draw k reads nonce k from block 0."""
+    random = SecureRandom(KEY)
+    for nonce in range(2):
+        stream = b"".join(w.to_bytes(4, "little")
+                          for w in chacha20_words(KEY, nonce, 2).flatten().tolist())
+        want = [(w >> 11) / 2**53 for w in struct.unpack("<13Q", stream[:8 * 13])]
+        assert random._chacha_uniform(13, "cpu").tolist() == want
 
 
 def test_normals_are_halved_sums_of_four_box_muller_normals():

@@ -30,12 +30,13 @@ def scale_accumulate(per_sample: Tensor, weights: Tensor) -> Tensor:
 
 def noisy_write(sums: list[Tensor], std: float, denominator: float,
                 generator: torch.Generator | None,
-                draw_normal: Callable[[int, float], Tensor] | None = None) -> list[Tensor]:
+                draw_normal: Callable[[int, float, torch.device], Tensor] | None = None,
+                ) -> list[Tensor]:
     """``(s + N(0, std^2)) / denominator`` for every tensor: noise added once, in the final
     write. The torch path draws all the noise into one flat buffer at scale
     ``std / denominator`` (the scale applied inside the sampler: no extra pass) and adds
     ``s / denominator`` in one foreach op; the results are views of that buffer.
-    ``draw_normal(n, std)``, when given, draws the noise instead (on the host, any dtype)."""
+    ``draw_normal(n, std, device)``, when given, draws the noise instead (any dtype)."""
     if not sums:
         return []
     if use_triton(sums[0]) and draw_normal is None:
@@ -47,7 +48,7 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
                 for s, offset in zip(sums, offsets)]
     size, like = sum(s.numel() for s in sums), sums[0]
     if std > 0 and draw_normal is not None:
-        flat = draw_normal(size, std / denominator).to(like.device, like.dtype)
+        flat = draw_normal(size, std / denominator, like.device).to(like.dtype)
     elif std > 0:
         flat = torch.empty(size, device=like.device, dtype=like.dtype).normal_(
             0.0, std / denominator, generator=generator)
