@@ -291,6 +291,34 @@ def test_validator_names_unsupported_layers_and_fix():
     assert isinstance(fixed[1], nn.GroupNorm) and type(fixed[3]).__name__ == "DPLSTM"
 
 
+def test_a_parameter_used_outside_its_layer_is_an_error():
+    """An output projection written as h @ embed.weight.T: autograd would give embed.weight a
+    batch gradient the clipping never saw, and step() would overwrite it without a word."""
+    torch.manual_seed(0)
+
+    class DirectTie(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(7, 4)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return (self.embed(idx) @ self.embed.weight.T).mean(1)
+
+    model = DirectTie()
+    loader = DataLoader(TensorDataset(torch.randint(0, 7, (8, 3)), torch.randint(0, 7, (8,))),
+                        batch_size=4)
+    model, opt, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                                 noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5,
+                                 poisson_sampling=False)
+    x, y = next(iter(loader))
+    with pytest.raises(TrustlabError, match="'embed.weight' got a gradient from outside"):
+        F.cross_entropy(model(x), y).backward()
+    assert not opt.tracker.records
+    opt.detach()  # the plain model trains normally again
+    F.cross_entropy(model(x), y).backward()
+    assert model.embed.weight.grad is not None
+
+
 def test_a_private_model_cannot_be_made_private_again_until_detached():
     model, opt, loader = _setup()
     with pytest.raises(ConfigError, match="already private"):

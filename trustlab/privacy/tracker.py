@@ -97,16 +97,37 @@ class GradSampleTracker:
         self.last_sq_norms: Tensor | None = None
         self._callback_queued = False
         self._recorded_nodes: weakref.WeakSet = weakref.WeakSet()  # backward nodes since step
+        self._hooks: list = []  # on the parameters while attached
 
     def attach(self) -> None:
         for layer in self.layers:
             _TRACKERS[layer] = self
             layer.__class__ = _tapped_class(type(layer))
+        # the taps give their parameters no gradient: one that gets one was used outside them
+        self._hooks = [p.register_hook(self._untapped_use(f"{name}.{n}"))
+                       for layer, name in self.layers.items()
+                       for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
 
     def detach(self) -> None:
         for layer in self.layers:
             _TRACKERS.pop(layer, None)
             layer.__class__ = layer.__class__.__mro__[1]
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def _untapped_use(self, name: str) -> Callable[[Tensor | None], None]:
+        def refuse(grad: Tensor | None) -> None:
+            if grad is None:  # what a tap returns for its parameters
+                return
+            self.records.clear()  # this pass's records: the error aborts the pass
+            self._callback_queued = False
+            raise TrustlabError(
+                f"parameter {name!r} got a gradient from outside its layer (used directly in "
+                "forward, e.g. h @ embedding.weight.T): per-sample clipping cannot see that "
+                "use, and step() would silently drop it. Route every use through a layer "
+                "module (tie an nn.Linear: linear.weight = embedding.weight)")
+        return refuse
 
     def capture(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
         return self.kernels[layer].capture(layer, self.sinks[layer], *args, **kwargs)
