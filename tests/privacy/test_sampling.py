@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.sampling import PoissonBatchSampler, PoissonDataLoader
@@ -60,3 +62,13 @@ def test_empty_dataset_is_a_clear_error():
     with pytest.raises(ConfigError, match="non-empty dataset"):
         PoissonDataLoader(DataLoader(TensorDataset(torch.zeros(0, 3)), batch_size=4),
                           generator=None)
+
+
+def test_a_weighted_sampler_replaced_by_poisson_sampling_is_said():
+    data = TensorDataset(torch.randn(10, 2), torch.randint(0, 2, (10,)))
+    weighted = WeightedRandomSampler(torch.linspace(0.1, 1.0, 10), num_samples=10)
+    with pytest.warns(UserWarning, match="replaces the data loader's WeightedRandomSampler"):
+        PoissonDataLoader(DataLoader(data, batch_size=2, sampler=weighted), generator=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # shuffling alone is what Poisson sampling replaces
+        PoissonDataLoader(DataLoader(data, batch_size=2, shuffle=True), generator=None)

@@ -12,12 +12,14 @@ numbers of steps, pair different steps' sums in the all-reduce, and the last one
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import torch
 from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset,
+                              RandomSampler, Sampler, SequentialSampler)
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.secure import SecureRandom
@@ -67,6 +69,7 @@ class PoissonDataLoader(DataLoader):
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise ConfigError("Poisson sampling needs a non-empty dataset; the data loader's "
                               "dataset has no samples")
+        _warn_if_replaced(data_loader)
         steps = len(data_loader)
         self.sample_rate = 1 / steps
         first = dataset[0]
@@ -80,6 +83,19 @@ class PoissonDataLoader(DataLoader):
         if not isinstance(generator, SecureRandom):  # worker seeds follow the sampling stream
             options["generator"] = generator
         super().__init__(dataset, batch_sampler=sampler, collate_fn=collate, **options)
+
+
+def _warn_if_replaced(data_loader: DataLoader) -> None:
+    """Poisson sampling replaces how the loader chose its batches; say so when that was more
+    than shuffling (a weighted sampler, bucketing by length): the privacy analysis needs every
+    sample drawn alike, so the choice is dropped, not kept."""
+    plain = (SequentialSampler, RandomSampler, DistributedSampler)
+    custom = [type(s).__name__ for s in (data_loader.sampler, data_loader.batch_sampler)
+              if s is not None and not isinstance(s, (*plain, BatchSampler))]
+    if custom:
+        warnings.warn(f"Poisson sampling replaces the data loader's {' and '.join(custom)}: "
+                      "every sample joins each batch with the same probability; weights or "
+                      "bucketing are not applied", stacklevel=3)
 
 
 def loading_options(data_loader: DataLoader) -> dict:
