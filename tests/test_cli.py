@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -19,6 +20,18 @@ def test_train_writes_a_checkpoint(tmp_path):
     proc = run("train", "--arch", "mlp", "--dataset", "german", "--epochs", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert (out / "model.safetensors").is_file() and (out / "meta.json").is_file()
+
+
+def test_private_training_records_its_options(tmp_path):
+    out = tmp_path / "m"
+    proc = run("train", "--arch", "mlp", "--dataset", "german", "--epochs", "2", "--dp",
+               "--target-epsilon", "2", "--secure-mode", "--clipping", "adaptive",
+               "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    privacy = json.loads((out / "meta.json").read_text())["privacy"]
+    assert privacy["secure_mode"] is True and privacy["clipping"] == "adaptive"
+    assert privacy["epsilon"] <= 2.0 and privacy["target_epsilon"] == 2.0
+    assert privacy["max_grad_norm"] != 1.0  # the bound moved from --max-grad-norm's default
 
 
 @pytest.mark.parametrize("args, message", [
