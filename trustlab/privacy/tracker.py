@@ -257,11 +257,10 @@ def _computes_gradient_of(params: list[Tensor]) -> bool:
 
 def _in_dtype(record: Record, dtype: torch.dtype) -> Record:
     """``record`` with its floating-point tensors in ``dtype`` (itself when they are)."""
-    def cast(t: Tensor) -> Tensor:
-        return t.to(dtype) if t.is_floating_point() else t
-    if cast(record.a) is record.a and cast(record.g) is record.g:
+    a, g = (t.to(dtype) if t.is_floating_point() else t for t in (record.a, record.g))
+    if a is record.a and g is record.g:
         return record
-    return dataclasses.replace(record, a=cast(record.a), g=cast(record.g))
+    return dataclasses.replace(record, a=a, g=g)
 
 
 def _shared_data(pending: dict[nn.Module, list[Record]]) -> set[tuple]:
