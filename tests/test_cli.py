@@ -22,16 +22,21 @@ def test_train_writes_a_checkpoint(tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "meta.json").is_file()
 
 
-def test_private_training_records_its_options(tmp_path):
+@pytest.mark.parametrize("options", [("--secure-mode", "--clipping", "adaptive"),
+                                     ("--clipping", "per_layer", "--max-grad-norm", "2")])
+def test_private_training_records_its_options(tmp_path, options):
     out = tmp_path / "m"
     proc = run("train", "--arch", "mlp", "--dataset", "german", "--epochs", "2", "--dp",
-               "--target-epsilon", "2", "--secure-mode", "--clipping", "adaptive",
-               "--out", str(out))
+               "--target-epsilon", "2", *options, "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     privacy = json.loads((out / "meta.json").read_text())["privacy"]
-    assert privacy["secure_mode"] is True and privacy["clipping"] == "adaptive"
+    assert privacy["secure_mode"] is ("--secure-mode" in options)
+    assert privacy["clipping"] == options[options.index("--clipping") + 1]
     assert privacy["epsilon"] <= 2.0 and privacy["target_epsilon"] == 2.0
-    assert privacy["max_grad_norm"] != 1.0  # the bound moved from --max-grad-norm's default
+    if privacy["clipping"] == "adaptive":  # the bound moved from --max-grad-norm's default
+        assert privacy["max_grad_norm"] != 1.0
+    else:  # the per-layer bounds' norm: the sensitivity given
+        assert privacy["max_grad_norm"] == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize("args, message", [

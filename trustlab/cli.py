@@ -163,9 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     private.add_argument("--delta", type=float, default=1e-5)
     private.add_argument("--max-grad-norm", type=float, default=1.0, help="clipping bound C")
     private.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
-    private.add_argument("--clipping", choices=("flat", "adaptive"), default="flat",
-                         help="adaptive: the bound starts at --max-grad-norm and follows the "
-                              "median per-sample norm (Andrew et al. 2021)")
+    private.add_argument("--clipping", choices=("flat", "per_layer", "automatic", "adaptive"),
+                         default="flat",
+                         help="per_layer: each layer clipped to C/sqrt(layers) by its own norm; "
+                              "automatic: every sample scaled to C/(norm + 0.01) (Bu et al. "
+                              "2022); adaptive: the bound starts at --max-grad-norm and follows "
+                              "the median per-sample norm (Andrew et al. 2021)")
     private.add_argument("--secure-mode", action="store_true",
                          help="draw the noise and the Poisson batches from a CSPRNG (slower; "
                               "for the run you ship)")

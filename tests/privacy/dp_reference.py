@@ -13,17 +13,23 @@ from torch.func import functional_call, grad, vmap
 from trustlab.privacy.tracker import GradSampleTracker
 
 
-def reference_clipped_sum(model: nn.Module, x: Tensor, y: Tensor,
-                          loss_fn: Callable[[Tensor, Tensor], Tensor], max_grad_norm: float,
-                          ) -> tuple[dict[str, Tensor], Tensor]:
-    """``sum_i c_i g_i`` per parameter name from vmap(grad) of each sample's own loss."""
+def per_sample_grads(model: nn.Module, x: Tensor, y: Tensor,
+                     loss_fn: Callable[[Tensor, Tensor], Tensor]) -> dict[str, Tensor]:
+    """Each sample's gradient (batch first) per parameter name: vmap(grad) of its own loss."""
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
 
     def sample_loss(p: dict, xi: Tensor, yi: Tensor) -> Tensor:
         return loss_fn(functional_call(model, (p, buffers), (xi[None],)), yi[None])
 
-    grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, y)
+    return vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, y)
+
+
+def reference_clipped_sum(model: nn.Module, x: Tensor, y: Tensor,
+                          loss_fn: Callable[[Tensor, Tensor], Tensor], max_grad_norm: float,
+                          ) -> tuple[dict[str, Tensor], Tensor]:
+    """``sum_i c_i g_i`` per parameter name from vmap(grad) of each sample's own loss."""
+    grads = per_sample_grads(model, x, y, loss_fn)
     flat = torch.cat([g.flatten(1) for g in grads.values()], dim=1)
     norms = flat.norm(dim=1)
     factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
@@ -31,11 +37,13 @@ def reference_clipped_sum(model: nn.Module, x: Tensor, y: Tensor,
 
 
 def engine_clipped_sum(model: nn.Module, x: Tensor, y: Tensor,
-                       loss_fn: Callable[[Tensor, Tensor], Tensor], max_grad_norm: float,
-                       loss_reduction: str = "mean") -> tuple[dict[str, Tensor], Tensor]:
+                       loss_fn: Callable[[Tensor, Tensor], Tensor],
+                       max_grad_norm: float | list[float], loss_reduction: str = "mean",
+                       clipping: str = "flat",
+                       ) -> tuple[dict[str, Tensor], Tensor]:
     """The engine's accumulated clipped sums after one backward pass on a tapped copy."""
     model = copy.deepcopy(model)
-    tracker = GradSampleTracker(model, max_grad_norm, loss_reduction)
+    tracker = GradSampleTracker(model, max_grad_norm, loss_reduction, clipping=clipping)
     tracker.attach()
     loss_fn(model(x), y).backward()
     by_param = {p: n for n, p in model.named_parameters()}

@@ -90,7 +90,8 @@ def test_count_noise_too_small_is_refused_before_the_model_changes():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"clipping": "per_layer"}, "'flat' or 'adaptive'"),
+    ({"clipping": "per-layer"}, "clipping must be one of flat, per_layer, automatic, adaptive"),
+    ({"max_grad_norm": [0.5, 0.5]}, "needs clipping='per_layer'"),
     ({"target_unclipped_quantile": 1.5}, r"in \(0, 1\)"),
     ({"clipbound_learning_rate": -1.0}, "clipbound_learning_rate must be >= 0"),
 ])

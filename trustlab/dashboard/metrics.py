@@ -94,7 +94,8 @@ def epsilons(frame: pd.DataFrame) -> pd.DataFrame:
 
 DP_FACTS = {"epsilon": "ε (claimed)", "delta": "δ", "target_epsilon": "target ε",
             "noise_multiplier": "noise multiplier σ", "sample_rate": "sampling rate q",
-            "steps": "steps", "max_grad_norm": "clipping bound C", "accountant": "accountant",
+            "steps": "steps", "max_grad_norm": "clipping bound C", "clipping": "clipping style",
+            "accountant": "accountant",
             "secure_mode": "secure mode (CSPRNG noise and sampling)"}
 
 

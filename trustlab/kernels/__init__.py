@@ -6,11 +6,11 @@ the torch path elsewhere. Imports nothing of trustlab.
 """
 
 from trustlab.kernels import conv, embedding, linear, norm  # noqa: F401  (registration)
-from trustlab.kernels.clip import clip_factors, noisy_write, scale_accumulate
+from trustlab.kernels.clip import automatic_factors, clip_factors, noisy_write, scale_accumulate
 from trustlab.kernels.linear import row_sq_norms
 from trustlab.kernels.registry import (LayerKernel, Record, data_key, kernel_for, register_kernel,
                                        shared_results, supported_types)
 
-__all__ = ["LayerKernel", "Record", "clip_factors", "data_key", "kernel_for", "noisy_write",
-           "register_kernel", "row_sq_norms", "scale_accumulate", "shared_results",
-           "supported_types"]
+__all__ = ["LayerKernel", "Record", "automatic_factors", "clip_factors", "data_key",
+           "kernel_for", "noisy_write", "register_kernel", "row_sq_norms", "scale_accumulate",
+           "shared_results", "supported_types"]

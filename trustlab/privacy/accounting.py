@@ -19,12 +19,12 @@ class PrivacyFacts:
     noise_multiplier: float  # σ
     sample_rate: float  # q
     steps: int
-    max_grad_norm: float  # C
+    max_grad_norm: float  # C (per-layer clipping: the norm of the layers' bounds)
     epsilon: float
     delta: float
     accountant: str
     secure_mode: bool = False  # noise and sampling from a CSPRNG (see trustlab.privacy.secure)
-    clipping: str = "flat"  # "adaptive": max_grad_norm is where the bound ended
+    clipping: str = "flat"  # per_layer, automatic; adaptive: max_grad_norm is where it ended
 
     def to_dict(self) -> dict:
         return asdict(self)

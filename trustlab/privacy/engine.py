@@ -9,6 +9,7 @@ One backward pass gives every tapped layer's activations and output gradients
 from __future__ import annotations
 
 import secrets
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -22,12 +23,12 @@ from trustlab.privacy.distributed import (all_reduce_sums, require_group, shared
 from trustlab.privacy.optimizer import DPOptimizer
 from trustlab.privacy.sampling import PoissonDataLoader, Sampling
 from trustlab.privacy.secure import KEY_BYTES, SecureRandom
-from trustlab.privacy.tracker import GradSampleTracker
+from trustlab.privacy.tracker import CLIPPING_STYLES, GradSampleTracker
 from trustlab.privacy.validators import validate
 
 
 def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader,
-                 *, target_delta: float, max_grad_norm: float,
+                 *, target_delta: float, max_grad_norm: float | Sequence[float],
                  noise_multiplier: float | None = None, target_epsilon: float | None = None,
                  epochs: int | None = None, accountant: str = "rdp",
                  poisson_sampling: bool = True, loss_reduction: str = "mean",
@@ -51,6 +52,11 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     ``clipping="adaptive"`` starts the bound at ``max_grad_norm`` and moves it towards the
     ``target_unclipped_quantile`` of the per-sample norms (:mod:`~trustlab.privacy.adaptive`;
     the count's noise ``unclipped_num_std`` defaults to the expected batch size / 20).
+    ``clipping="per_layer"`` clips each layer by its own norm to its own bound: one number
+    ``C`` gives each of the G layers ``C / sqrt(G)``, a list gives each its own (the noise is
+    scaled to the norm of the bounds). ``clipping="automatic"`` scales every sample by
+    ``C / (||g_i|| + 0.01)`` (Bu et al. 2022): no bound to tune, the learning rate takes its
+    place.
     """
     validate(module)
     _check_options(data_loader, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
@@ -72,6 +78,7 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
         adaptive = AdaptiveClipping(target_unclipped_quantile, clipbound_learning_rate,
                                     unclipped_num_std or sample_rate * n / 20)
     tracker = GradSampleTracker(module, max_grad_norm, loss_reduction,
+                                clipping="flat" if adaptive is not None else clipping,
                                 count_unclipped=adaptive is not None)
     dp_optimizer = DPOptimizer(optimizer, tracker, noise_multiplier=noise_multiplier,
                                expected_batch_size=sample_rate * n, sample_rate=sample_rate,
@@ -87,8 +94,9 @@ def _check_options(data_loader: DataLoader, *, noise_multiplier: float | None,
                    distributed: bool, secure_mode: bool, noise_seed: int | None,
                    clipping: str) -> None:
     """Refuse what cannot work, before anything is changed."""
-    if clipping not in ("flat", "adaptive"):
-        raise ConfigError(f"clipping must be 'flat' or 'adaptive', got {clipping!r}")
+    if clipping not in CLIPPING_STYLES + ("adaptive",):
+        raise ConfigError(f"clipping must be one of {', '.join(CLIPPING_STYLES)}, adaptive; "
+                          f"got {clipping!r}")
     if (noise_multiplier is None) == (target_epsilon is None):
         raise ConfigError("give exactly one of noise_multiplier or target_epsilon")
     if target_epsilon is not None and epochs is None:

@@ -156,7 +156,7 @@ class DPOptimizer(torch.optim.Optimizer):
         return PrivacyFacts(self.noise_multiplier, self.sample_rate, self.steps,
                             self.max_grad_norm, self.epsilon(delta), delta, self.accountant_name,
                             secure_mode=self.secure_random is not None,
-                            clipping="flat" if self.adaptive is None else "adaptive")
+                            clipping="adaptive" if self.adaptive else self.tracker.clipping)
 
     def state_dict(self) -> dict:
         """The wrapped optimizer's state and the privacy state (accountant history, steps,

@@ -6,26 +6,30 @@ gradients and hands each layer's activations and output gradients (a :class:`Rec
 tracker (Bu et al. 2023). At the end of each backward pass that trains the layers the tracker
 computes per-sample norms over all layers, clip factors ``c_i = min(1, C / (||g_i|| + 1e-6))``
 and each layer's clipped sum, and accumulates them (several backward passes before one step
-form one logical batch).
+form one logical batch). Clipping styles: ``"flat"`` (above), ``"per_layer"`` (each layer
+clipped to its own bound by its own norm; layers sharing parameters form one group) and
+``"automatic"`` (every sample scaled by ``C / (||g_i|| + 0.01)``, Bu et al. 2022).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
 from trustlab.errors import ConfigError, TrustlabError
-from trustlab.kernels import (LayerKernel, Record, clip_factors, data_key, kernel_for,
-                              row_sq_norms, scale_accumulate, shared_results)
+from trustlab.kernels import (LayerKernel, Record, automatic_factors, clip_factors, data_key,
+                              kernel_for, row_sq_norms, scale_accumulate, shared_results)
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
 _TAPPED_CLASSES: dict[type, type] = {}
+CLIPPING_STYLES = ("flat", "per_layer", "automatic")
 
 
 def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
@@ -60,13 +64,15 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
 class GradSampleTracker:
     """Collects each tapped layer's records and turns them into accumulated clipped sums."""
 
-    def __init__(self, module: nn.Module, max_grad_norm: float, loss_reduction: str,
+    def __init__(self, module: nn.Module, max_grad_norm: float | Sequence[float],
+                 loss_reduction: str, clipping: str = "flat",
                  count_unclipped: bool = False) -> None:
         if loss_reduction not in ("mean", "sum"):
             raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-        if max_grad_norm <= 0:
-            raise ConfigError(f"max_grad_norm must be > 0, got {max_grad_norm}")
-        self.max_grad_norm = max_grad_norm
+        if clipping not in CLIPPING_STYLES:
+            raise ConfigError(f"clipping must be one of {', '.join(CLIPPING_STYLES)}, got "
+                              f"{clipping!r}")
+        self.clipping = clipping
         self.loss_reduction = loss_reduction
         self.layers: dict[nn.Module, str] = {}
         self.kernels: dict[nn.Module, LayerKernel] = {}
@@ -88,6 +94,22 @@ class GradSampleTracker:
                 f"layers {tracked} are already private (make_private was called on this model "
                 "before): call the earlier optimizer's detach() first, or make a fresh model")
         self.shared = {layer for layers in owners.values() if len(layers) > 1 for layer in layers}
+        # clipping groups in the model's order: every layer on its own, and the layers that
+        # share parameters together (where the first of them is)
+        tied = "tied " + " + ".join(n for layer, n in self.layers.items() if layer in self.shared)
+        groups: dict[nn.Module | None, str] = {}
+        for layer, name in self.layers.items():
+            if layer not in self.shared:
+                groups[layer] = name
+            elif None not in groups:
+                groups[None] = tied
+        # per-layer: each group's bound; the sensitivity (what the noise is scaled to) is the
+        # norm of the bounds
+        self.layer_bounds = (_per_layer_bounds(groups, max_grad_norm)
+                             if clipping == "per_layer" else None)
+        self.max_grad_norm = (math.sqrt(sum(b * b for b in self.layer_bounds.values()))
+                              if self.layer_bounds is not None
+                              else _positive_bound(max_grad_norm))
         self.sinks = {layer: self._make_sink(layer) for layer in self.layers}
         self.records: dict[nn.Module, list[Record]] = {}
         self.summed: dict[Tensor, Tensor] = {}
@@ -180,20 +202,32 @@ class GradSampleTracker:
         norms = sum(rest, first) * scale ** 2
         self._check_finite(norms, layer_norms)
         self.last_sq_norms = norms
-        weights = clip_factors(norms, self.max_grad_norm, scale)
-        if self.count_unclipped:  # the factor is 1: ||g_i|| + eps <= C
-            self.unclipped = self.unclipped + (weights == scale).sum()
+        weights = self._clip_weights(layer_norms, norms, scale)
         # smallest layers first, each layer's records dropped once its sum is formed: the
         # largest layer's temporaries then coexist with little else (the peak of the flush)
         for layer in sorted(states, key=lambda layer: _record_bytes(pending[layer])):
             records, state = pending.pop(layer), states.pop(layer)
             for name, grad in self.kernels[layer].clipped_sum(layer, records, state,
-                                                            weights).items():
+                                                            weights[layer]).items():
                 self._add(getattr(layer, name), grad)
             del records, state
         for p, grads in shared.items():
-            self._add(p, scale_accumulate(grads.flatten(1), weights).view_as(p))
+            self._add(p, scale_accumulate(grads.flatten(1), weights[None]).view_as(p))
         self.samples += batch
+
+    def _clip_weights(self, layer_norms: dict[nn.Module | None, Tensor], norms: Tensor,
+                      scale: float) -> dict[nn.Module | None, Tensor]:
+        """Each clipping group's per-sample factors: one set for all groups from the total
+        norms (flat, automatic), or each group's own from its norms and bound (per-layer)."""
+        if self.layer_bounds is not None:
+            return {group: clip_factors(group_norms * scale ** 2, self.layer_bounds[group],
+                                        scale)
+                    for group, group_norms in layer_norms.items()}
+        rule = automatic_factors if self.clipping == "automatic" else clip_factors
+        factors = rule(norms, self.max_grad_norm, scale)
+        if self.count_unclipped:  # the factor is 1: ||g_i|| + eps <= C
+            self.unclipped = self.unclipped + (factors == scale).sum()
+        return dict.fromkeys(layer_norms, factors)
 
     def _sq_norms(self, pending: dict[nn.Module, list[Record]]
                   ) -> tuple[dict[nn.Module | None, Tensor], dict[nn.Module, Any],
@@ -240,6 +274,30 @@ class GradSampleTracker:
         self.summed.clear()
         self.samples = self.unclipped = 0
         self._recorded_nodes.clear()
+
+
+def _positive_bound(bound: Any, what: str = "max_grad_norm") -> float:
+    if isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not 0 < bound < math.inf:
+        hint = ("; one bound per layer needs clipping='per_layer'"
+                if isinstance(bound, list | tuple) else "")
+        raise ConfigError(f"{what} must be a finite number > 0, got {bound!r}{hint}")
+    return float(bound)
+
+
+def _per_layer_bounds(groups: dict[nn.Module | None, str],
+                      max_grad_norm: float | Sequence[float]) -> dict[nn.Module | None, float]:
+    """Each clipping group's bound: ``C / sqrt(G)`` each from one number ``C`` (the
+    sensitivity stays ``C``), or one number per group, in the model's layer order."""
+    if isinstance(max_grad_norm, numbers.Real):
+        bound = _positive_bound(max_grad_norm) / math.sqrt(len(groups))
+        return dict.fromkeys(groups, bound)
+    bounds = list(max_grad_norm)
+    if len(bounds) != len(groups):
+        raise ConfigError(
+            f"per-layer clipping needs one max_grad_norm per clipping group, {len(groups)} in "
+            f"this order: {list(groups.values())}; got {len(bounds)} ({bounds})")
+    return {group: _positive_bound(b, f"max_grad_norm of {groups[group]!r}")
+            for group, b in zip(groups, bounds)}
 
 
 def _computes_gradient_of(params: list[Tensor]) -> bool:
