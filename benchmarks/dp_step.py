@@ -2,6 +2,11 @@
 
     python benchmarks/dp_step.py [--device cpu|cuda] [--batch 128 512] [--rounds 15] [--threads N]
                                  [--malloc keep|default] [--json FILE]
+                                 [--methods nonprivate opacus_hooks opacus_ghost trustlab
+                                            trustlab_per_layer]
+
+``trustlab_per_layer`` (not run by default) is trustlab with per-layer clipping, which clips
+each layer in its own backward and frees its records there.
 
 Methods are interleaved round by round and the median step time is reported, so load from
 other processes hits all methods alike. Peak memory is the step's high-water mark above the
@@ -36,6 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trustlab.privacy import fix, make_private
 
 METHODS = ("nonprivate", "opacus_hooks", "opacus_ghost", "trustlab")
+OPTIONAL_METHODS = ("trustlab_per_layer",)
 
 
 class Pool(nn.Module):
@@ -72,15 +78,15 @@ def build(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor], int]:
     raise ValueError(name)
 
 
-def make_trustlab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, secure_mode: bool = False
-                  ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+def make_trustlab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, secure_mode: bool = False,
+                  clipping: str = "flat") -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
     """``model``, SGD and the loader of the fixed batch (x, y), made private by trustlab."""
     model = fix(model)
     return make_private(model, torch.optim.SGD(model.parameters(), lr=0.01),
                         DataLoader(TensorDataset(x, y), batch_size=len(x)),
                         noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5,
                         poisson_sampling=False, noise_seed=None if secure_mode else 0,
-                        secure_mode=secure_mode)
+                        secure_mode=secure_mode, clipping=clipping)
 
 
 def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
@@ -90,8 +96,10 @@ def make_step(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     loss_fn = nn.CrossEntropyLoss()
     if method == "nonprivate":
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    elif method.startswith("trustlab"):  # trustlab, trustlab_secure
-        model, opt, _ = make_trustlab(model, x, y, secure_mode=method == "trustlab_secure")
+    elif method.startswith("trustlab"):  # trustlab, trustlab_secure, trustlab_per_layer
+        model, opt, _ = make_trustlab(model, x, y, secure_mode=method == "trustlab_secure",
+                                      clipping="per_layer" if method.endswith("per_layer")
+                                      else "flat")
     else:
         from opacus import PrivacyEngine
         from opacus.validators import ModuleValidator
@@ -182,28 +190,29 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def run(models: list[str], batches: list[int], rounds: int, device: str) -> list[dict]:
+def run(models: list[str], batches: list[int], rounds: int, device: str,
+        methods: tuple[str, ...] = METHODS) -> list[dict]:
     records = []
     for name in models:
         for batch in batches:
             torch.manual_seed(0)
             model, make_x, classes = build(name)
             x, y = make_x(batch).to(device), torch.randint(0, classes, (batch,), device=device)
-            steps = {m: make_step(m, copy.deepcopy(model).to(device), x, y) for m in METHODS}
+            steps = {m: make_step(m, copy.deepcopy(model).to(device), x, y) for m in methods}
             memory = {}
             for m, step in steps.items():  # warm up, then one step for the memory peak
                 step(), step()
                 memory[m] = peak_memory(step, device)
             times = interleaved_times(steps, rounds, device)
             base_t = statistics.median(times["nonprivate"])
-            for m in METHODS:
+            for m in methods:
                 t = statistics.median(times[m])
                 records.append({"model": name, "batch": batch, "method": m, "step_time_s": t,
                                 "peak_mem_bytes": memory[m],
                                 "time_ratio_vs_nonprivate": t / base_t,
                                 "mem_ratio_vs_nonprivate": memory[m] / max(memory["nonprivate"], 1)})
                 r = records[-1]
-                print(f"{name:12s} B={batch:4d} {m:13s} {t * 1e3:9.2f} ms  "
+                print(f"{name:12s} B={batch:4d} {m:18s} {t * 1e3:9.2f} ms  "
                       f"x{r['time_ratio_vs_nonprivate']:5.2f}  mem {memory[m] / 2**20:8.1f} MiB  "
                       f"x{r['mem_ratio_vs_nonprivate']:5.2f}", flush=True)
     return records
@@ -216,6 +225,9 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[128, 512])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", help="write the records to this file")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        choices=METHODS + OPTIONAL_METHODS,
+                        help="what to run besides nonprivate (always run: the ratios' base)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; "
                         "1 gives stable ratios on a loaded machine)")
     parser.add_argument("--malloc", default="keep", choices=["keep", "default"],
@@ -228,7 +240,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     print(f"# {datetime.date.today()} device={args.device} torch={torch.__version__} "
           f"threads={torch.get_num_threads()} malloc={malloc}")
-    records = run(args.models, args.batch, args.rounds, args.device)
+    methods = tuple(dict.fromkeys(["nonprivate", *args.methods]))
+    records = run(args.models, args.batch, args.rounds, args.device, methods)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

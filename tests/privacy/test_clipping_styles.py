@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from dp_reference import (assert_close_sums, engine_clipped_sum,  # noqa: F401
                           float64_default, per_sample_grads, train_steps)
 from trustlab.errors import ConfigError
-from trustlab.privacy import make_private
+from trustlab.privacy import DPLSTM, make_private
+from trustlab.privacy.tracker import GradSampleTracker
 
 
 class Tied(nn.Module):
@@ -33,6 +34,21 @@ class Tied(nn.Module):
         return self.out(torch.tanh(self.mid(self.embed(idx)))).mean(1)
 
 
+class Reused(nn.Module):
+    """One Linear applied twice, and a DP LSTM (whose hidden projection is recorded by the
+    recurrence, not by a capture of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mid = nn.Linear(3, 3)
+        self.lstm = DPLSTM(3, 4, batch_first=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.mid(torch.tanh(self.mid(x)))
+        return self.head(self.lstm(h)[0].mean(1))
+
+
 def conv_net() -> nn.Module:
     return nn.Sequential(nn.Conv1d(2, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(),
                          nn.Linear(16, 8), nn.LayerNorm(8), nn.Linear(8, 3))
@@ -45,6 +61,10 @@ def _case(name: str) -> tuple[nn.Module, Tensor, Tensor, dict[str, str]]:
         model = Tied().double()
         x, y = torch.randint(0, 7, (6, 5)), torch.randint(0, 7, (6,))
         groups = {"embed.weight": "tied", "mid.weight": "mid", "mid.bias": "mid"}
+    elif name == "reused":
+        model = Reused().double()
+        x, y = torch.randn(6, 4, 3), torch.randint(0, 3, (6,))
+        groups = {n: n.rsplit(".", 1)[0] for n, _ in model.named_parameters()}
     else:
         model = conv_net().double()
         x, y = torch.randn(6, 2, 6), torch.randint(0, 3, (6,))
@@ -68,7 +88,7 @@ def _reference_per_layer(grads: dict[str, Tensor], norms: dict[str, Tensor],
     return {n: torch.einsum("b,b...->...", factors[groups[n]], g) for n, g in grads.items()}
 
 
-@pytest.mark.parametrize("name", ["conv", "tied"])
+@pytest.mark.parametrize("name", ["conv", "tied", "reused"])
 def test_per_layer_sums_match_reference(name):
     model, x, y, groups = _case(name)
     grads, norms = _group_norms(model, x, y, groups)
@@ -83,6 +103,34 @@ def test_per_layer_sums_match_reference(name):
                                 clipping="per_layer")
     assert_close_sums(got, _reference_per_layer(grads, norms, groups,
                                                 dict.fromkeys(norms, even)))
+
+
+def test_per_layer_clips_each_layer_in_its_own_backward():
+    """The later layers' records are gone (clipped and freed) before the first layer's
+    backward runs; a forward pass kept but never backpropagated makes them wait for the end
+    of the pass instead, with the same sums."""
+    model = conv_net().double()
+    x, y = torch.randn(6, 2, 6), torch.randint(0, 3, (6,))
+    tracker = GradSampleTracker(model, 1.0, "mean", clipping="per_layer")
+    tracker.attach()
+    held: list[set] = []
+
+    def backward() -> dict[Tensor, Tensor]:
+        tracker.reset()
+        h = model[0](x)
+        h.register_hook(lambda grad: held.append(set(tracker.records)))
+        F.cross_entropy(model[1:](h), y).backward()
+        return dict(tracker.summed)
+
+    early = backward()
+    kept = model(x)  # its captures await records that will never come
+    late = backward()
+    tracker.detach()
+    later = {m for m in model[1:] if list(m.parameters())}
+    assert held[0] == set() and held[1] == later  # nothing held / every later layer
+    assert kept.grad_fn is not None and early.keys() == late.keys()
+    for p in early:
+        torch.testing.assert_close(early[p], late[p], rtol=1e-12, atol=0)
 
 
 def test_automatic_sums_match_reference():

@@ -8,7 +8,10 @@ computes per-sample norms over all layers, clip factors ``c_i = min(1, C / (||g_
 and each layer's clipped sum, and accumulates them (several backward passes before one step
 form one logical batch). Clipping styles: ``"flat"`` (above), ``"per_layer"`` (each layer
 clipped to its own bound by its own norm; layers sharing parameters form one group) and
-``"automatic"`` (every sample scaled by ``C / (||g_i|| + 0.01)``, Bu et al. 2022).
+``"automatic"`` (every sample scaled by ``C / (||g_i|| + 0.01)``, Bu et al. 2022). Under
+per-layer clipping a layer's factors need only its own norms, so a layer is clipped as soon as
+its records of the running backward pass are all in, and its activations and output gradients
+are freed then instead of being held to the end of the pass.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
             tracker = _TRACKERS.get(self)
             if tracker is None or not torch.is_grad_enabled():
                 return None
-            return tracker.sinks[self]
+            return tracker.own_product_sink(self)
 
         _TAPPED_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward, "dp_sink": dp_sink,
                                                            "__module__": cls.__module__})
@@ -119,6 +122,12 @@ class GradSampleTracker:
         self.last_sq_norms: Tensor | None = None
         self._callback_queued = False
         self._recorded_nodes: weakref.WeakSet = weakref.WeakSet()  # backward nodes since step
+        # per-layer clipping as records arrive: each layer's capture nodes not yet recorded,
+        # the layers whose records also come from elsewhere (never clipped early), and what
+        # the running backward pass has clipped early
+        self._awaited: dict[nn.Module, weakref.WeakSet] = {}
+        self._never_early: set[nn.Module] = set(self.shared)
+        self._early = _EarlyClipped()
         self._hooks: list = []  # on the parameters while attached
 
     def attach(self) -> None:
@@ -142,8 +151,7 @@ class GradSampleTracker:
         def refuse(grad: Tensor | None) -> None:
             if grad is None:  # what a tap returns for its parameters
                 return
-            self.records.clear()  # this pass's records: the error aborts the pass
-            self._callback_queued = False
+            self._abort_pass()
             raise TrustlabError(
                 f"parameter {name!r} got a gradient from outside its layer (used directly in "
                 "forward, e.g. h @ embedding.weight.T): per-sample clipping cannot see that "
@@ -152,7 +160,24 @@ class GradSampleTracker:
         return refuse
 
     def capture(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
-        return self.kernels[layer].capture(layer, self.sinks[layer], *args, **kwargs)
+        out = self.kernels[layer].capture(layer, self.sinks[layer], *args, **kwargs)
+        node = getattr(out, "grad_fn", None)
+        if self.layer_bounds is not None and node is not None and layer not in self._never_early:
+            self._awaited.setdefault(layer, weakref.WeakSet()).add(node)
+        return out
+
+    def own_product_sink(self, layer: nn.Module) -> Callable[[Record], None]:
+        """The sink of a layer whose product another layer computes (records that come from
+        no capture of its own: it is never clipped early)."""
+        self._never_early.add(layer)
+        self._awaited.pop(layer, None)
+        return self.sinks[layer]
+
+    def _abort_pass(self) -> None:
+        """Forget the running backward pass (an error is about to abort it)."""
+        self.records.clear()
+        self._early = _EarlyClipped()
+        self._callback_queued = False
 
     def _make_sink(self, layer: nn.Module) -> Callable[[Record], None]:
         params = self.params[layer]
@@ -162,28 +187,63 @@ class GradSampleTracker:
                 return  # saliency map): recording it would count its samples twice
             node = torch._C._current_autograd_node()
             if node in self._recorded_nodes:
-                self.records.clear()  # this pass's records: the error aborts the pass
-                self._callback_queued = False
+                self._abort_pass()
                 raise TrustlabError(
                     f"layer {self.layers[layer]!r} was backpropagated twice through one forward "
                     "pass (backward with retain_graph=True) before optimizer.step(): its samples "
                     "would be clipped and counted twice. Add the losses and call backward once")
             if node is not None:
                 self._recorded_nodes.add(node)
+            if layer in self._early.norms:  # never: its uses were all recorded already
+                self._abort_pass()
+                raise TrustlabError(f"layer {self.layers[layer]!r} was recorded after its "
+                                    "per-layer clipping; no update was applied")
             self.records.setdefault(layer, []).append(record)
             if not self._callback_queued:  # clip once the whole backward pass is done
                 self._callback_queued = True
                 torch.autograd.Variable._execution_engine.queue_callback(self.flush)
+            if self._last_awaited(layer, node):
+                self._clip_early(layer)
         return sink
+
+    def _last_awaited(self, layer: nn.Module, node: Any) -> bool:
+        """Whether ``node`` was the last capture of ``layer`` awaiting its record."""
+        awaited = self._awaited.get(layer)
+        if awaited is None or node not in awaited:
+            return False
+        awaited.discard(node)
+        return not awaited
+
+    @torch.no_grad()
+    def _clip_early(self, layer: nn.Module) -> None:
+        """Per-layer clipping of a layer whose records of this backward pass are all in: its
+        clipped sum is formed now and the records freed (:meth:`flush` merges the sums)."""
+        records = self.records[layer]
+        sizes = {r.batch_size for r in records} | self._early.batches
+        if len(sizes) != 1 or 0 in sizes:  # flush reports mixed sizes, skips empty batches
+            return
+        batch = sizes.pop()
+        del self.records[layer]
+        records = [_in_dtype(r, self.params[layer][0].dtype) for r in records]
+        scale = float(batch) if self.loss_reduction == "mean" else 1.0
+        sq_norms, state = self.kernels[layer].sq_norms(layer, records)
+        bound = self.layer_bounds[layer]  # type: ignore[index]  (per-layer clipping only)
+        factors = clip_factors(sq_norms * scale ** 2, bound, scale)
+        for name, grad in self.kernels[layer].clipped_sum(layer, records, state,
+                                                        factors).items():
+            self._add(getattr(layer, name), grad, self._early.sums)
+        self._early.batches.add(batch)
+        self._early.norms[layer] = sq_norms
 
     @torch.no_grad()  # also after backward(create_graph=True): the sums carry no graph
     def flush(self) -> None:
         """Clip the pending records' samples and add their clipped sums to ``summed``."""
         self._callback_queued = False
         pending, self.records = self.records, {}
-        if not pending:
+        early, self._early = self._early, _EarlyClipped()
+        if not pending and not early.norms:
             return
-        sizes = {r.batch_size for recs in pending.values() for r in recs}
+        sizes = {r.batch_size for recs in pending.values() for r in recs} | early.batches
         if len(sizes) != 1:
             raise TrustlabError(f"layers saw different batch sizes {sorted(sizes)} in one "
                                 "backward pass; per-sample clipping needs the batch in dim 0 "
@@ -198,9 +258,9 @@ class GradSampleTracker:
         scale = float(batch) if self.loss_reduction == "mean" else 1.0
         with shared_results(_shared_data(pending)):
             layer_norms, states, shared = self._sq_norms(pending)
-        first, *rest = layer_norms.values()
+        first, *rest = [*early.norms.values(), *layer_norms.values()]
         norms = sum(rest, first) * scale ** 2
-        self._check_finite(norms, layer_norms)
+        self._check_finite(norms, {**early.norms, **layer_norms})
         self.last_sq_norms = norms
         weights = self._clip_weights(layer_norms, norms, scale)
         # smallest layers first, each layer's records dropped once its sum is formed: the
@@ -213,6 +273,8 @@ class GradSampleTracker:
             del records, state
         for p, grads in shared.items():
             self._add(p, scale_accumulate(grads.flatten(1), weights[None]).view_as(p))
+        for p, grad in early.sums.items():
+            self._add(p, grad)
         self.samples += batch
 
     def _clip_weights(self, layer_norms: dict[nn.Module | None, Tensor], norms: Tensor,
@@ -263,14 +325,17 @@ class GradSampleTracker:
             "activation is NaN/inf. No update was applied; lower the learning rate, check "
             "the inputs, or clamp the loss")
 
-    def _add(self, p: Tensor, grad: Tensor) -> None:
+    def _add(self, p: Tensor, grad: Tensor, into: dict[Tensor, Tensor] | None = None) -> None:
+        """Add ``grad`` to ``p``'s clipped sum (in ``summed``, or ``into``)."""
+        sums = self.summed if into is None else into
         if grad.dtype != p.dtype:
             grad = grad.to(p.dtype)
-        before = self.summed.get(p)
-        self.summed[p] = grad if before is None else before + grad
+        before = sums.get(p)
+        sums[p] = grad if before is None else before + grad
 
     def reset(self) -> None:
         self.records.clear()
+        self._early = _EarlyClipped()
         self.summed.clear()
         self.samples = self.unclipped = 0
         self._recorded_nodes.clear()
@@ -298,6 +363,16 @@ def _per_layer_bounds(groups: dict[nn.Module | None, str],
             f"this order: {list(groups.values())}; got {len(bounds)} ({bounds})")
     return {group: _positive_bound(b, f"max_grad_norm of {groups[group]!r}")
             for group, b in zip(groups, bounds)}
+
+
+@dataclasses.dataclass
+class _EarlyClipped:
+    """What per-layer clipping clipped during the running backward pass: batch sizes, each
+    layer's squared norms, the clipped sums (merged into ``summed`` by the flush)."""
+
+    batches: set[int] = dataclasses.field(default_factory=set)
+    norms: dict[nn.Module, Tensor] = dataclasses.field(default_factory=dict)
+    sums: dict[Tensor, Tensor] = dataclasses.field(default_factory=dict)
 
 
 def _computes_gradient_of(params: list[Tensor]) -> bool:
