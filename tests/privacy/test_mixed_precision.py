@@ -30,9 +30,10 @@ def _case(arch: str, batch: int, scale: float = 1.0):
     return model, x, torch.randint(0, 3, (batch,)), F.cross_entropy
 
 
-def _engine(model, x, y, loss_fn, max_grad_norm: float) -> dict[str, torch.Tensor]:
+def _engine(model, x, y, loss_fn, max_grad_norm: float, clipping: str = "flat"
+            ) -> dict[str, torch.Tensor]:
     model = copy.deepcopy(model)
-    tracker = GradSampleTracker(model, max_grad_norm, "mean")
+    tracker = GradSampleTracker(model, max_grad_norm, "mean", clipping=clipping)
     tracker.attach()
     with autocast():
         loss = loss_fn(model(x), y)
@@ -67,8 +68,10 @@ def test_zoo_model_under_autocast_matches_a_per_sample_loop(arch):
         assert err < 0.05, f"{name}: relative error {err:.3f} (bf16 rounding is ~0.01)"
 
 
+@pytest.mark.parametrize("clipping", ["flat", "per_layer", "automatic"])
 @pytest.mark.parametrize("arch", available_archs())
-def test_no_sample_exceeds_the_bound_under_autocast(arch):
+def test_no_sample_exceeds_the_bound_under_autocast(arch, clipping):
+    """Per-layer: the layers' bounds C/sqrt(G) have norm C, so the whole stays within C too."""
     model, x, y, loss_fn = _case(arch, batch=1, scale=30.0)
-    got = _engine(model, x, y, loss_fn, 1e-3)
+    got = _engine(model, x, y, loss_fn, 1e-3, clipping)
     assert torch.cat([s.flatten() for s in got.values()]).norm() <= 1e-3 * (1 + 1e-5)
