@@ -15,23 +15,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dp_reference import (assert_close_sums, engine_clipped_sum,  # noqa: F401
                           float64_default, per_sample_grads, train_steps)
+from test_engine import Tied
 from trustlab.errors import ConfigError
 from trustlab.privacy import DPLSTM, make_private
 from trustlab.privacy.tracker import GradSampleTracker
-
-
-class Tied(nn.Module):
-    """An embedding tied to the output layer (one clipping group), and a layer of its own."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(7, 4)
-        self.mid = nn.Linear(4, 4)
-        self.out = nn.Linear(4, 7, bias=False)
-        self.out.weight = self.embed.weight
-
-    def forward(self, idx: Tensor) -> Tensor:
-        return self.out(torch.tanh(self.mid(self.embed(idx)))).mean(1)
 
 
 class Reused(nn.Module):

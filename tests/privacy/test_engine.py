@@ -78,21 +78,23 @@ def test_bias_norm_of_sequences_is_norm_of_sum():
     assert norms.item() == 0.0
 
 
+class Tied(nn.Module):
+    """An embedding tied to the output layer, and a Linear used twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 4)
+        self.mid = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 7, bias=False)
+        self.out.weight = self.embed.weight  # tied across module types
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.mid(torch.tanh(self.mid(self.embed(idx))))  # mid used twice
+        return self.out(h).mean(1)
+
+
 def test_shared_weights_used_twice_and_tied_across_layers():
     torch.manual_seed(1)
-
-    class Tied(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(7, 4)
-            self.mid = nn.Linear(4, 4)
-            self.out = nn.Linear(4, 7, bias=False)
-            self.out.weight = self.embed.weight  # tied across module types
-
-        def forward(self, idx: torch.Tensor) -> torch.Tensor:
-            h = self.mid(torch.tanh(self.mid(self.embed(idx))))  # mid used twice
-            return self.out(h).mean(1)
-
     check(Tied(), torch.randint(0, 7, (5, 6)), torch.randint(0, 7, (5,)))
 
 
