@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     private.add_argument("--target-epsilon", type=float, default=3.0)
     private.add_argument("--delta", type=float, default=1e-5)
     private.add_argument("--max-grad-norm", type=float, default=1.0, help="clipping bound C")
-    private.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    private.add_argument("--accountant", choices=("rdp", "prv", "gdp"), default="rdp",
+                         help="rdp (default), prv (tighter), gdp (Gaussian DP, asymptotic)")
     private.add_argument("--clipping", choices=("flat", "per_layer", "automatic", "adaptive"),
                          default="flat",
                          help="per_layer: each layer clipped to C/sqrt(layers) by its own norm; "

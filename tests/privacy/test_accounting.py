@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
 
 from trustlab.errors import ConfigError
 from trustlab.privacy import calibrate_noise, compute_epsilon
 
 
-@pytest.mark.parametrize("accountant, cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)])
+@pytest.mark.parametrize("accountant, cls", [("rdp", RDPAccountant), ("prv", PRVAccountant),
+                                             ("gdp", GaussianAccountant)])
 def test_epsilon_equals_opacus(accountant, cls):
     reference = cls()
     for _ in range(300):
