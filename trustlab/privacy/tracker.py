@@ -111,8 +111,7 @@ class GradSampleTracker:
         self.layer_bounds = (_per_layer_bounds(groups, max_grad_norm)
                              if clipping == "per_layer" else None)
         self.max_grad_norm = (math.sqrt(sum(b * b for b in self.layer_bounds.values()))
-                              if self.layer_bounds is not None
-                              else _positive_bound(max_grad_norm))
+                              if self.layer_bounds else _positive_bound(max_grad_norm))
         self.sinks = {layer: self._make_sink(layer) for layer in self.layers}
         self.records: dict[nn.Module, list[Record]] = {}
         self.summed: dict[Tensor, Tensor] = {}
@@ -354,7 +353,7 @@ def _per_layer_bounds(groups: dict[nn.Module | None, str],
     """Each clipping group's bound: ``C / sqrt(G)`` each from one number ``C`` (the
     sensitivity stays ``C``), or one number per group, in the model's layer order."""
     if isinstance(max_grad_norm, numbers.Real):
-        bound = _positive_bound(max_grad_norm) / math.sqrt(len(groups))
+        bound = _positive_bound(max_grad_norm) / math.sqrt(max(len(groups), 1))
         return dict.fromkeys(groups, bound)
     bounds = list(max_grad_norm)
     if len(bounds) != len(groups):
