@@ -59,7 +59,7 @@ def test_front_matter_parses_and_its_metrics_equal_the_reports():
 
 def test_sections_and_disaggregation():
     card = render_card(make_report(privacy={"epsilon": 3.0, "delta": 1e-5,
-                                            "accountant": "rdp"}), "md")
+                                            "accountant": "rdp", "clipping": "flat"}), "md")
     for section in ("Model details", "Intended use", "Factors", "Metrics", "Evaluation data",
                     "Training data", "Quantitative analyses", "Ethical considerations",
                     "Caveats and recommendations", "Robustness", "Privacy", "Training cost",
@@ -70,8 +70,10 @@ def test_sections_and_disaggregation():
     assert "ε = 3 at δ = 1e-05 (rdp accountant)." in card
     for fmt in ("md", "html"):
         secure = render_card(make_report(privacy={"epsilon": 3.0, "delta": 1e-5,
-                                                  "secure_mode": True}), fmt)
-        assert "drawn from a CSPRNG (secure mode)" in secure
+                                                  "secure_mode": True,
+                                                  "clipping": "per_layer"}), fmt)
+        assert "drawn from a CSPRNG (secure mode); per-layer clipping" in secure
+    assert "clipping" not in card.split("## Privacy")[1].split("##")[0]  # flat: nothing said
 
 
 def test_caveats_come_from_the_run():
