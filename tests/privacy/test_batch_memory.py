@@ -23,15 +23,15 @@ def _setup(n: int, batch: int, num_workers: int = 0, **kwargs):
                         **{**args, **kwargs})
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_physical_batches_give_the_logical_batch_steps(num_workers):
+@pytest.mark.parametrize("num_workers, clipping", [(0, "flat"), (2, "flat"), (0, "per_layer")])
+def test_physical_batches_give_the_logical_batch_steps(num_workers, clipping):
     """Logical batches of 12 as physical ones of at most 5 (5, 5, 2): the same noisy steps as
     the whole batches, one step and one accounting per logical batch, even with worker
-    processes prefetching batches ahead of the loop."""
-    model, opt, loader = _setup(36, 12, poisson_sampling=False)
+    processes prefetching batches ahead of the loop (or layers clipped during backward)."""
+    model, opt, loader = _setup(36, 12, poisson_sampling=False, clipping=clipping)
     train_steps(model, opt, loader)
     want = [p.detach().clone() for p in model.parameters()]
-    model, opt, loader = _setup(36, 12, num_workers, poisson_sampling=False)
+    model, opt, loader = _setup(36, 12, num_workers, poisson_sampling=False, clipping=clipping)
     with BatchMemoryManager(data_loader=loader, max_physical_batch_size=5,
                             optimizer=opt) as physical:
         sizes = train_steps(model, opt, physical)
