@@ -224,10 +224,8 @@ class GradSampleTracker:
         batch = sizes.pop()
         del self.records[layer]
         records = [_in_dtype(r, self.params[layer][0].dtype) for r in records]
-        scale = float(batch) if self.loss_reduction == "mean" else 1.0
         sq_norms, state = self.kernels[layer].sq_norms(layer, records)
-        bound = self.layer_bounds[layer]  # type: ignore[index]  (per-layer clipping only)
-        factors = clip_factors(sq_norms * scale ** 2, bound, scale)
+        factors = self._group_factors(layer, sq_norms, self._loss_scale(batch))
         for name, grad in self.kernels[layer].clipped_sum(layer, records, state,
                                                         factors).items():
             self._add(getattr(layer, name), grad, self._early.sums)
@@ -254,7 +252,7 @@ class GradSampleTracker:
         # parameters' dtype, from the same values, so no sample exceeds C by rounding
         pending = {layer: [_in_dtype(r, self.params[layer][0].dtype) for r in records]
                    for layer, records in pending.items()}
-        scale = float(batch) if self.loss_reduction == "mean" else 1.0
+        scale = self._loss_scale(batch)
         with shared_results(_shared_data(pending)):
             layer_norms, states, shared = self._sq_norms(pending)
         first, *rest = [*early.norms.values(), *layer_norms.values()]
@@ -281,14 +279,22 @@ class GradSampleTracker:
         """Each clipping group's per-sample factors: one set for all groups from the total
         norms (flat, automatic), or each group's own from its norms and bound (per-layer)."""
         if self.layer_bounds is not None:
-            return {group: clip_factors(group_norms * scale ** 2, self.layer_bounds[group],
-                                        scale)
+            return {group: self._group_factors(group, group_norms, scale)
                     for group, group_norms in layer_norms.items()}
         rule = automatic_factors if self.clipping == "automatic" else clip_factors
         factors = rule(norms, self.max_grad_norm, scale)
         if self.count_unclipped:  # the factor is 1: ||g_i|| + eps <= C
             self.unclipped = self.unclipped + (factors == scale).sum()
         return dict.fromkeys(layer_norms, factors)
+
+    def _group_factors(self, group: nn.Module | None, sq_norms: Tensor, scale: float) -> Tensor:
+        """Per-layer clipping: a group's factors from its own norms and bound."""
+        bound = self.layer_bounds[group]  # type: ignore[index]
+        return clip_factors(sq_norms * scale ** 2, bound, scale)
+
+    def _loss_scale(self, batch: int) -> float:
+        """What turns the gradients of a mean loss into those of each sample's own loss."""
+        return float(batch) if self.loss_reduction == "mean" else 1.0
 
     def _sq_norms(self, pending: dict[nn.Module, list[Record]]
                   ) -> tuple[dict[nn.Module | None, Tensor], dict[nn.Module, Any],
