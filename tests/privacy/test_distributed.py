@@ -63,7 +63,8 @@ def _poisson_loader(rank: int | None) -> DataLoader:
 # kind: (loader maker, Poisson sampling, make_private options)
 LOADERS = {"fixed": (_fixed_loader, False, {}), "poisson": (_poisson_loader, True, {}),
            "adaptive": (_poisson_loader, True, {"clipping": "adaptive",
-                                                "unclipped_num_std": 1.0})}
+                                                "unclipped_num_std": 1.0}),
+           "per_layer": (_poisson_loader, True, {"clipping": "per_layer"})}
 
 
 def _worker(rank: int, port: int, kind: str, secure: bool, out: str) -> None:
