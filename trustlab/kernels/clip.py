@@ -18,14 +18,14 @@ AUTO_S_GAMMA = 0.01  # automatic clipping's stability constant (Bu et al. 2022)
 
 def clip_factors(sq_norms: Tensor, max_grad_norm: float, scale: float = 1.0) -> Tensor:
     """``scale * min(1, C / (||g_i|| + 1e-6))``: four in-place passes over one new tensor."""
-    return (sq_norms.sqrt().add_(CLIP_EPS).reciprocal_().mul_(max_grad_norm * scale)
-            .clamp_(max=scale))
+    return automatic_factors(sq_norms, max_grad_norm, scale, CLIP_EPS).clamp_(max=scale)
 
 
 def automatic_factors(sq_norms: Tensor, max_grad_norm: float, scale: float = 1.0,
                       gamma: float = AUTO_S_GAMMA) -> Tensor:
     """``scale * C / (||g_i|| + gamma)``: automatic clipping (AUTO-S, Bu et al. 2022), every
-    sample normalised, none left at full size; each contribution stays below ``C``."""
+    sample normalised, none left at full size; each contribution stays below ``C``. Flat
+    clipping's factors are these, with ``gamma = 1e-6``, capped at ``scale``."""
     return sq_norms.sqrt().add_(gamma).reciprocal_().mul_(max_grad_norm * scale)
 
 

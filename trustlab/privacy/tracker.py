@@ -160,9 +160,9 @@ class GradSampleTracker:
 
     def capture(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
         out = self.kernels[layer].capture(layer, self.sinks[layer], *args, **kwargs)
-        node = getattr(out, "grad_fn", None)
-        if self.layer_bounds is not None and node is not None and layer not in self._never_early:
-            self._awaited.setdefault(layer, weakref.WeakSet()).add(node)
+        if (self.layer_bounds is not None and out.grad_fn is not None
+                and layer not in self._never_early):  # per-layer: await this use's record
+            self._awaited.setdefault(layer, weakref.WeakSet()).add(out.grad_fn)
         return out
 
     def own_product_sink(self, layer: nn.Module) -> Callable[[Record], None]:
