@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
-from trustlab.kernels import chacha, clip, embedding, linear, norm  # noqa: E402
+from trustlab.kernels import chacha, clip, conv, embedding, linear, norm  # noqa: E402
 
 
 @pytest.mark.parametrize("seq", [1, 5, 20])
@@ -25,6 +25,45 @@ def test_linear_ghost_and_direct_norms(seq):
     want = linear.per_sample_weight_grads(a, g).square().sum((1, 2))
     torch.testing.assert_close(linear.triton_ghost_sq_norms(a, g), want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(linear.triton_direct_sq_norms(a, g), want, rtol=1e-4, atol=1e-4)
+
+
+def _loop_conv_sq_norms(conv_layer: torch.nn.Module, x: torch.Tensor,
+                        g: torch.Tensor) -> torch.Tensor:
+    """Each sample's weight gradient by its own backward pass, squared and summed."""
+    norms = []
+    for i in range(len(x)):
+        conv_layer.zero_grad()
+        conv_layer(x[i:i + 1]).backward(g[i:i + 1])
+        norms.append(conv_layer.weight.grad.square().sum())
+    return torch.stack(norms)
+
+
+@pytest.mark.parametrize("make_conv, size", [
+    (lambda: torch.nn.Conv2d(4, 6, 3, padding=1), (7, 7)),
+    (lambda: torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2), (9, 8)),
+    (lambda: torch.nn.Conv2d(3, 20, (2, 3), stride=(2, 1), padding=(0, 2)), (6, 5)),
+    (lambda: torch.nn.Conv2d(1, 18, 5, padding=2), (10, 10)),
+    (lambda: torch.nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2), (11,)),
+])
+def test_conv_direct_norms_against_a_per_sample_loop(make_conv, size):
+    """Stride, dilation, groups, padding, rectangular kernels, Conv1d; tiles that overrun the
+    channels, positions and patches (masked), one input channel."""
+    torch.manual_seed(len(size))
+    layer = make_conv()
+    x = torch.randn(3, layer.in_channels, *size)
+    g = torch.randn_like(layer(x))
+    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+    torch.testing.assert_close(conv.triton_conv_sq_norms(x, g, layer.weight.shape, args),
+                               _loop_conv_sq_norms(layer, x, g), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_direct_norms_on_strided_inputs():
+    layer = torch.nn.Conv2d(4, 5, 3, padding=1)
+    x = torch.randn(2, 6, 6, 4).permute(0, 3, 1, 2)  # channels last
+    g = torch.randn_like(layer(x))
+    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+    torch.testing.assert_close(conv.triton_conv_sq_norms(x, g, layer.weight.shape, args),
+                               _loop_conv_sq_norms(layer, x, g), rtol=1e-4, atol=1e-4)
 
 
 def test_embedding_norms_with_repeats():
@@ -74,19 +113,22 @@ class _SeqModel(torch.nn.Module):
         return self.head(torch.tanh(self.proj(self.norm(self.emb(idx)))).mean(1))
 
 
-def _private_step_grads(noise_multiplier: float) -> list[torch.Tensor]:
+def _private_step_grads(noise_multiplier: float, model: torch.nn.Module | None = None,
+                        inputs: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """One DP step's gradients of ``model`` (default: the sequence model) on ``inputs``."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from trustlab.privacy import make_private
 
     torch.manual_seed(0)
-    model = _SeqModel()
-    idx, y = torch.randint(0, 7, (6, 4)), torch.randint(0, 3, (6,))
+    if model is None:
+        model, inputs = _SeqModel(), torch.randint(0, 7, (6, 4))
+    y = torch.randint(0, 3, (len(inputs),))
     model, opt, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                                 DataLoader(TensorDataset(idx, y), batch_size=6),
+                                 DataLoader(TensorDataset(inputs, y), batch_size=len(inputs)),
                                  noise_multiplier=noise_multiplier, max_grad_norm=0.3,
                                  target_delta=1e-5, poisson_sampling=False, noise_seed=1)
-    torch.nn.functional.cross_entropy(model(idx), y).backward()
+    torch.nn.functional.cross_entropy(model(inputs), y).backward()
     opt.step()
     return [p.grad.clone() for p in model.parameters()]
 
@@ -104,6 +146,33 @@ def test_engine_on_the_triton_path_matches_the_torch_path(monkeypatch):
     seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(1)))
     stream = clip.triton_noisy_write(torch.zeros(len(noise)), 50.0 * 0.3, 6.0, seed)
     torch.testing.assert_close(noise, stream, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_engine_on_the_triton_path_matches_the_torch_path(monkeypatch):
+    """Conv layers whose per-sample gradients are not kept (KEEP_LIMIT 0: large layers) get
+    their norms from the Triton kernel on CUDA; the clipped sums equal the torch path's."""
+    def model_and_inputs() -> tuple[torch.nn.Module, torch.Tensor]:
+        torch.manual_seed(3)
+        model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, stride=2, padding=1),
+                                    torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 3, groups=2),
+                                    torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 3, 3))
+        return model, torch.randn(5, 2, 9, 9)
+
+    monkeypatch.setattr(conv, "KEEP_LIMIT_ELEMS", 0)
+    want = _private_step_grads(0.0, *model_and_inputs())
+    calls = []
+    monkeypatch.setattr(conv, "use_triton", lambda t: True)
+    monkeypatch.setattr(conv, "triton_conv_sq_norms", _counted(conv.triton_conv_sq_norms, calls))
+    for got, ref in zip(_private_step_grads(0.0, *model_and_inputs()), want):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    assert len(calls) == 2  # both conv layers went through the kernel
+
+
+def _counted(fn, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return wrapper
 
 
 def test_chacha20_kernel_matches_the_torch_path():

@@ -15,11 +15,15 @@ Two ways to form every sample's weight gradient at once, chosen by the layer's s
 When they are small they are formed in the backward pass and recorded instead of the input
 and output gradient, which are then freed at once (the clipped sum is ``sum_i c_i G_i``);
 otherwise the record keeps (x, g), the per-sample gradients are reduced to norms chunk by chunk
-and the clipped sum is one weight-gradient call on rescaled output gradients.
+(on CUDA: by a Triton implicit-GEMM kernel whose per-sample gradient tiles stay on chip, the
+input patches gathered by index arithmetic, no im2col copy) and the clipped sum is one
+weight-gradient call on rescaled output gradients.
 """
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -28,7 +32,7 @@ from torch import Tensor, nn
 
 from trustlab.kernels.clip import scale_accumulate
 from trustlab.kernels.linear import CHUNK_ELEMS, KEEP_LIMIT_ELEMS, row_sq_norms
-from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel
+from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel, use_triton
 
 
 class _ConvTap(torch.autograd.Function):
@@ -148,6 +152,80 @@ def _per_sample_record(record: Record, weight: bool) -> Record:
                   meta={**record.meta, "per_sample": True, "sq_norms": row_sq_norms(grads)})
 
 
+@functools.cache
+def _triton() -> SimpleNamespace:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def direct(x_ptr, g_ptr, out_ptr, H, W, OH, OW, KH, KW, CG, OG,
+               sh, sw, ph, pw, dh, dw, sxb, sxc, sxh, sxw, sgb, sgc,
+               BO: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+        # program (sample b, a block of one group's output channels, a block of the flattened
+        # (input channel, kh, kw) index): the tile G_b[ro, rk] = sum_t g_b[ro, t] U_b[t, rk],
+        # with U_b the implicit im2col of x_b, accumulated over output positions t
+        b = tl.program_id(0)
+        blocks = tl.cdiv(OG, BO)
+        group = tl.program_id(1) // blocks
+        ro = (tl.program_id(1) % blocks) * BO + tl.arange(0, BO)
+        rk = tl.program_id(2) * BK + tl.arange(0, BK)
+        c, kh, kw = rk // (KH * KW), (rk // KW) % KH, rk % KW
+        T = OH * OW
+        acc = tl.zeros((BO, BK), dtype=tl.float32)
+        for t0 in range(0, T, BT):
+            rt = t0 + tl.arange(0, BT)
+            g = tl.load(g_ptr + b * sgb + (group * OG + ro[:, None]) * sgc + rt[None, :],
+                        mask=(ro[:, None] < OG) & (rt[None, :] < T), other=0.0)
+            ih = (rt // OW)[:, None] * sh - ph + kh[None, :] * dh
+            iw = (rt % OW)[:, None] * sw - pw + kw[None, :] * dw
+            inside = ((rt[:, None] < T) & (rk[None, :] < CG * KH * KW)
+                      & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
+            u = tl.load(x_ptr + b * sxb + (group * CG + c[None, :]) * sxc + ih * sxh + iw * sxw,
+                        mask=inside, other=0.0)
+            acc += tl.dot(g, u, input_precision="ieee")
+        tl.atomic_add(out_ptr + b, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+
+    return SimpleNamespace(direct=direct)
+
+
+def triton_conv_sq_norms(x: Tensor, g: Tensor, weight_shape: torch.Size, args: tuple,
+                         blocks: tuple[int, int, int] = (16, 32, 32)) -> Tensor:
+    """Per-sample squared norms of one call's conv weight gradients (Triton): each program
+    accumulates one (output channels x patch) tile of a sample's gradient on chip, over the
+    output positions, and adds its squared sum to the sample's norm; nothing per-sample is
+    stored. ``blocks``: output channels, positions, patch elements per tile."""
+    import triton
+
+    stride, padding, dilation, groups = args
+    if x.dim() == 3:  # Conv1d as a Conv2d of height 1
+        x, g = x.unsqueeze(2), g.unsqueeze(2)
+        stride, padding, dilation = (1, *stride), (0, *padding), (1, *dilation)
+        weight_shape = (*weight_shape[:2], 1, *weight_shape[2:])
+    x, g = x.float(), g.float().contiguous()
+    out_channels, in_per_group, kh, kw = weight_shape
+    out_per_group = out_channels // groups
+    out = torch.zeros(len(x), dtype=torch.float32, device=x.device)
+    bo, bt, bk = blocks
+    grid = (len(x), groups * triton.cdiv(out_per_group, bo),
+            triton.cdiv(in_per_group * kh * kw, bk))
+    if len(x):
+        _triton().direct[grid](x, g, out, x.shape[2], x.shape[3], g.shape[2], g.shape[3], kh, kw,
+                               in_per_group, out_per_group, *stride, *padding, *dilation,
+                               *x.stride(), g.stride(0), g.stride(1), BO=bo, BT=bt, BK=bk)
+    return out
+
+
+def _weight_sq_norms(records: list[Record]) -> Tensor:
+    """Per-sample squared weight-gradient norms of records that keep (x, g): the Triton kernel
+    for one call on CUDA, else per-sample gradients a slice of samples at a time, dropped once
+    reduced (a layer called several times needs the norm of the summed gradients)."""
+    if len(records) == 1 and use_triton(records[0].g):
+        r = records[0]
+        return triton_conv_sq_norms(r.a, r.g, r.meta["weight_shape"], r.meta["args"])
+    return torch.cat([row_sq_norms(per_sample_weight_grads(records, rows))
+                      for rows in _row_slices(records)])
+
+
 def _bias_grads(records: list[Record]) -> Tensor:
     return sum(r.g if r.meta.get("per_sample") else r.g.flatten(2).sum(2) for r in records)
 
@@ -169,9 +247,8 @@ class Conv2dKernel(LayerKernel):
             if all(r.meta.get("per_sample") for r in records):
                 kept = per_sample_weight_grads(records)
                 total += records[0].meta["sq_norms"] if len(records) == 1 else row_sq_norms(kept)
-            else:  # a slice of samples at a time, reduced to norms and dropped
-                total += torch.cat([row_sq_norms(per_sample_weight_grads(records, rows))
-                                    for rows in _row_slices(records)])
+            else:
+                total += _weight_sq_norms(records)
         if layer.bias is not None and layer.bias.requires_grad:
             total += row_sq_norms(_bias_grads(records))
         return total, kept
