@@ -15,9 +15,9 @@ Two ways to form every sample's weight gradient at once, chosen by the layer's s
 When they are small they are formed in the backward pass and recorded instead of the input
 and output gradient, which are then freed at once (the clipped sum is ``sum_i c_i G_i``);
 otherwise the record keeps (x, g), the per-sample gradients are reduced to norms chunk by chunk
-(on CUDA: by a Triton implicit-GEMM kernel whose per-sample gradient tiles stay on chip, the
-input patches gathered by index arithmetic, no im2col copy) and the clipped sum is one
-weight-gradient call on rescaled output gradients.
+(on CUDA, for a layer called once per pass: by a Triton implicit-GEMM kernel whose per-sample
+gradient tiles stay on chip, the input patches gathered by index arithmetic, no im2col copy)
+and the clipped sum is one weight-gradient call on rescaled output gradients.
 """
 
 from __future__ import annotations
