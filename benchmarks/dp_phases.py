@@ -7,7 +7,9 @@ For each of ``dp_step.py``'s reference models, non-private and trustlab steps ar
 round by round and each phase is timed separately (medians over the rounds after two warm-up
 rounds): the forward pass with the loss, the backward pass (trustlab: the input-gradient
 backward only; the flush that clips is held back and timed on its own), the flush, and the
-optimizer step (trustlab: the noise and the wrapped optimizer's step).
+optimizer step (trustlab: the noise and the wrapped optimizer's step). ``--models mlp_tiny
+--batch 2`` (the MLP 4 wide) leaves only the fixed per-step cost of each phase: autograd, the
+optimizer and the engine's Python and dispatch.
 """
 
 from __future__ import annotations

@@ -59,10 +59,14 @@ class LastStep(nn.Module):
 
 
 def build(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor], int]:
-    """(model, input maker, classes) of the issue's reference models."""
+    """(model, input maker, classes) of the issue's reference models; ``mlp_tiny`` (the MLP's
+    shape 4 wide, where compute is nil) shows an engine's fixed per-step overhead."""
     if name == "mlp":
         return (nn.Sequential(nn.Linear(100, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
                               nn.Linear(256, 2)), lambda b: torch.randn(b, 100), 2)
+    if name == "mlp_tiny":
+        return (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+                              nn.Linear(4, 2)), lambda b: torch.randn(b, 4), 2)
     if name == "cnn":
         return (nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.GroupNorm(4, 16), nn.ReLU(),
                               nn.MaxPool2d(2), nn.Conv2d(16, 32, 5, padding=2),
