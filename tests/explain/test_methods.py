@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,18 @@ def test_wrapper_equals_captum(cnn_batch, method, direct, kwargs):
     ours = Explainer(model, method).attribute(inputs, target, batch_size=4, **kwargs)
     theirs = direct(model).attribute(inputs, target=target, **kwargs)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["Saliency", "InputXGradient"])
+def test_gradient_methods_leave_inputs_alone_without_captum_warnings(cnn_batch, method):
+    """Captum sets requires_grad on inputs that lack it, with a warning per call (nine lines
+    in one demo run); the wrapper hands it a copy that requires gradients instead."""
+    model, inputs, target = cnn_batch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Explainer(model, method).attribute(inputs, target, batch_size=4)
+    assert not [w for w in caught if "require gradients" in str(w.message)]
+    assert not inputs.requires_grad
 
 
 def test_stochastic_wrapper_equals_captum_under_the_same_seed(cnn_batch):

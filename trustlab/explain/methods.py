@@ -155,7 +155,10 @@ class Explainer:
             call = dict(options, target=target[part])
             if self.info.uses_baselines and baselines is not None:
                 call["baselines"] = _slice_baselines(baselines, part, len(inputs))
-            chunks.append(self._captum.attribute(inputs[part], **call).detach())
+            chunk = inputs[part]
+            if self.info.kind == GRADIENT and chunk.is_floating_point():
+                chunk = chunk.detach().requires_grad_()  # what Captum would set, with a warning
+            chunks.append(self._captum.attribute(chunk, **call).detach())
         return torch.cat(chunks)
 
 
