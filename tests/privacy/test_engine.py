@@ -134,6 +134,48 @@ def test_group_norm_on_flat_and_channels_last_inputs():
     check(image, x, torch.randint(0, 3, (5,)))
 
 
+@pytest.mark.parametrize("make_body, x_shape", [
+    (lambda: nn.Sequential(nn.Linear(6, 8), nn.RMSNorm(8), nn.ReLU()), (7, 6)),  # eps=None
+    (lambda: nn.Sequential(nn.Linear(4, 6), nn.RMSNorm(6, eps=1e-5), nn.Tanh()), (5, 9, 4)),
+    (lambda: nn.Sequential(nn.Linear(4, 6), nn.Unflatten(-1, (2, 3)), nn.RMSNorm((2, 3)),
+                           nn.Flatten(-2)), (5, 9, 4)),  # normalised over two dims
+])
+def test_rms_norm_matches_reference(make_body, x_shape):
+    """The weight's per-sample gradients and the hand-written input gradient (the Linear
+    before the RMSNorm sees it)."""
+    torch.manual_seed(3)
+    body = make_body()
+    model = (nn.Sequential(body, nn.Linear(body[0].out_features, 3)) if len(x_shape) == 2
+             else SeqHead(body, 6))
+    check(model, torch.randn(*x_shape), torch.randint(0, 3, (x_shape[0],)))
+
+
+@pytest.mark.parametrize("conv, norm, x_shape", [
+    (nn.Conv1d, nn.InstanceNorm1d, (5, 2, 9)),
+    (nn.Conv2d, nn.InstanceNorm2d, (5, 2, 7, 7)),
+    (nn.Conv3d, nn.InstanceNorm3d, (4, 2, 5, 6, 5)),
+])
+def test_instance_norm_matches_reference(conv, norm, x_shape):
+    """A per-channel bias before an instance norm has no gradient: the conv has none."""
+    torch.manual_seed(4)
+    pool = {3: nn.AdaptiveAvgPool1d, 4: nn.AdaptiveAvgPool2d, 5: nn.AdaptiveAvgPool3d}
+    model = nn.Sequential(conv(2, 4, 3, bias=False), norm(4, affine=True), nn.ReLU(),
+                          pool[len(x_shape)](1), nn.Flatten(), nn.Linear(4, 3))
+    check(model, torch.randn(*x_shape), torch.randint(0, 3, (x_shape[0],)))
+
+
+@pytest.mark.parametrize("kwargs, in_channels", [
+    (dict(stride=(1, 2, 1), padding=1, dilation=(2, 1, 1), groups=2), 2),
+    (dict(stride=2, padding=(0, 1, 1), padding_mode="reflect"), 2),
+    (dict(stride=2, dilation=(1, 2, 1), padding=1), 1),  # as one forward convolution
+])
+def test_conv3d_edge_cases(kwargs, in_channels):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv3d(in_channels, 4, 3, **kwargs), nn.ReLU(), nn.Conv3d(4, 3, 1),
+                          nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, 3))
+    check(model, torch.randn(4, in_channels, 7, 6, 6), torch.randint(0, 3, (4,)))
+
+
 def _width(kwargs: dict) -> int:
     return nn.Conv2d(4, 6, 3, **kwargs)(torch.zeros(1, 4, 7, 7)).flatten(2).shape[-1]
 

@@ -1,4 +1,4 @@
-"""nn.Conv1d / nn.Conv2d: per-sample gradients without an im2col copy of the input.
+"""nn.Conv1d / Conv2d / Conv3d: per-sample gradients without an im2col copy of the input.
 
 Two ways to form every sample's weight gradient at once, chosen by the layer's shape:
 
@@ -15,9 +15,9 @@ Two ways to form every sample's weight gradient at once, chosen by the layer's s
 When they are small they are formed in the backward pass and recorded instead of the input
 and output gradient, which are then freed at once (the clipped sum is ``sum_i c_i G_i``);
 otherwise the record keeps (x, g), the per-sample gradients are reduced to norms chunk by chunk
-(on CUDA, for a layer called once per pass: by a Triton implicit-GEMM kernel whose per-sample
-gradient tiles stay on chip, the input patches gathered by index arithmetic, no im2col copy)
-and the clipped sum is one weight-gradient call on rescaled output gradients.
+(on CUDA, for a Conv1d/Conv2d called once per pass: by a Triton implicit-GEMM kernel whose
+per-sample gradient tiles stay on chip, the input patches gathered by index arithmetic, no
+im2col copy) and the clipped sum is one weight-gradient call on rescaled output gradients.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ from trustlab.kernels.linear import CHUNK_ELEMS, KEEP_LIMIT_ELEMS, row_sq_norms
 from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel, use_triton
 
 
+_CONVS = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}  # by the input's rank (batched)
+
+
 class _ConvTap(torch.autograd.Function):
-    """F.conv{1,2}d whose backward returns only the input gradient and records (x, g)."""
+    """F.conv{1,2,3}d whose backward returns only the input gradient and records (x, g)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, args: tuple,
@@ -44,8 +47,7 @@ class _ConvTap(torch.autograd.Function):
         stride, padding, dilation, groups = args
         ctx.save_for_backward(x, weight)
         ctx.args, ctx.sink = args, sink
-        conv = F.conv1d if x.dim() == 3 else F.conv2d
-        return conv(x, weight, bias, stride, padding, dilation, groups)
+        return _CONVS[x.dim()](x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple:
@@ -105,9 +107,8 @@ def _weight_grads_as_forward_conv(x: Tensor, g: Tensor, weight_shape: torch.Size
     as one grouped forward convolution whose kernels are the output gradients (stride and
     dilation swap roles)."""
     stride, padding, dilation, groups = args
-    conv = F.conv1d if x.dim() == 3 else F.conv2d
     b = len(x)
-    out = conv(x.reshape(1, -1, *x.shape[2:]), g.reshape(-1, 1, *g.shape[2:]), None,
+    out = _CONVS[x.dim()](x.reshape(1, -1, *x.shape[2:]), g.reshape(-1, 1, *g.shape[2:]), None,
                stride=dilation, padding=padding, dilation=stride, groups=b * groups)
     crop = tuple(slice(0, k) for k in weight_shape[2:])  # extra rows the input had left over
     return out[(..., *crop)].reshape(b, -1)
@@ -219,7 +220,7 @@ def _weight_sq_norms(records: list[Record]) -> Tensor:
     """Per-sample squared weight-gradient norms of records that keep (x, g): the Triton kernel
     for one call on CUDA, else per-sample gradients a slice of samples at a time, dropped once
     reduced (a layer called several times needs the norm of the summed gradients)."""
-    if len(records) == 1 and use_triton(records[0].g):
+    if len(records) == 1 and records[0].g.dim() <= 4 and use_triton(records[0].g):
         r = records[0]
         return triton_conv_sq_norms(r.a, r.g, r.meta["weight_shape"], r.meta["args"])
     return torch.cat([row_sq_norms(per_sample_weight_grads(records, rows))
@@ -277,3 +278,8 @@ class Conv2dKernel(LayerKernel):
 @register_kernel
 class Conv1dKernel(Conv2dKernel):
     module_type = nn.Conv1d
+
+
+@register_kernel
+class Conv3dKernel(Conv2dKernel):
+    module_type = nn.Conv3d

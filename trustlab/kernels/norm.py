@@ -1,4 +1,5 @@
-"""LayerNorm / GroupNorm affine parameters: per-sample ``sum_t g_t * xhat_t`` and ``sum_t g_t``.
+"""LayerNorm / RMSNorm / GroupNorm / InstanceNorm affine parameters: per-sample
+``sum_t g_t * xhat_t`` and ``sum_t g_t``.
 
 These per-sample gradients are (B, C): small, so they are formed directly, in the backward pass
 (the records hold them instead of the normalised input and output gradient).
@@ -7,10 +8,12 @@ These per-sample gradients are (B, C): small, so they are formed directly, in th
 from __future__ import annotations
 
 import functools
+import math
 from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trustlab.kernels.clip import scale_accumulate
@@ -40,6 +43,35 @@ class _LayerNormTap(torch.autograd.Function):
             grad_x = torch.ops.aten.native_layer_norm_backward(
                 g, x, ctx.shape, mean, rstd, weight, bias, [True, False, False])[0]
         return grad_x, None, None, None, None, None
+
+
+class _RMSNormTap(torch.autograd.Function):
+    """F.rms_norm whose backward records the per-sample weight gradients ``sum_t g_t * xhat_t``
+    (``xhat = x / rms(x)``) and returns the input gradient
+    ``r (g w - xhat mean(g w xhat))`` (``r = 1 / rms(x)``, means over the normalised dims)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, shape: list[int], eps: float | None,
+                sink: Sink) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.shape, ctx.eps, ctx.sink = shape, eps, sink
+        return F.rms_norm(x, shape, weight, eps)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple:
+        x, weight = ctx.saved_tensors
+        dims = tuple(range(-len(ctx.shape), 0))
+        eps = torch.finfo(x.dtype).eps if ctx.eps is None else ctx.eps  # as F.rms_norm
+        rstd = torch.rsqrt(x.square().mean(dims, keepdim=True) + eps)
+        width = math.prod(ctx.shape)
+        xr, rr = x.reshape(x.shape[0], -1, width), rstd.reshape(x.shape[0], -1, 1)
+        ctx.sink(affine_record(lambda rows: xr[rows] * rr[rows],
+                               g.reshape(g.shape[0], -1, width)))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            xhat, gw = x * rstd, g * weight
+            grad_x = rstd * (gw - xhat * (gw * xhat).mean(dims, keepdim=True))
+        return grad_x, None, None, None, None
 
 
 class _GroupNormTap(torch.autograd.Function):
@@ -143,10 +175,10 @@ class _AffineKernel(LayerKernel):
         wgrad = sum(r.a for r in records)  # a layer used several times: its calls add up
         bgrad = sum(r.g for r in records)
         out = {}
-        if layer.weight is not None and layer.weight.requires_grad:
-            out["weight"] = wgrad.view(-1, *layer.weight.shape)
-        if layer.bias is not None and layer.bias.requires_grad:
-            out["bias"] = bgrad.view(-1, *layer.bias.shape)
+        for name, grads in (("weight", wgrad), ("bias", bgrad)):
+            param = getattr(layer, name, None)  # RMSNorm has no bias
+            if param is not None and param.requires_grad:
+                out[name] = grads.view(-1, *param.shape)
         return out
 
     def sq_norms(self, layer: nn.Module, records: list[Record]) -> tuple[Tensor, Any]:
@@ -175,4 +207,24 @@ class GroupNormKernel(_AffineKernel):
 
     def capture(self, layer: nn.GroupNorm, sink: Sink, x: Tensor) -> Tensor:
         return _GroupNormTap.apply(x, layer.weight, layer.bias, layer.num_groups, layer.eps,
+                                   sink)
+
+
+@register_kernel
+class RMSNormKernel(_AffineKernel):
+    module_type = nn.RMSNorm
+
+    def capture(self, layer: nn.RMSNorm, sink: Sink, x: Tensor) -> Tensor:
+        return _RMSNormTap.apply(x, layer.weight, list(layer.normalized_shape), layer.eps, sink)
+
+
+@register_kernel
+class InstanceNormKernel(_AffineKernel):
+    """InstanceNorm1d/2d/3d with affine parameters: a GroupNorm of one channel per group (the
+    validator refuses running statistics, which the tap does not update)."""
+
+    module_type = nn.modules.instancenorm._InstanceNorm
+
+    def capture(self, layer: nn.Module, sink: Sink, x: Tensor) -> Tensor:
+        return _GroupNormTap.apply(x, layer.weight, layer.bias, layer.num_features, layer.eps,
                                    sink)

@@ -56,11 +56,15 @@ def _problem(layer: nn.Module) -> tuple[str, str] | None:
                                             or layer.scale_grad_by_freq):
         return ("max_norm, sparse and scale_grad_by_freq make a sample's gradient depend on "
                 "the batch or rewrite weights in place", "build the embedding without them")
+    if isinstance(layer, nn.modules.instancenorm._InstanceNorm) and layer.track_running_stats:
+        return ("its running statistics average the training data with no noise (released with "
+                "the model, they leak it) and DP training does not update them",
+                "build it with track_running_stats=False")
     own = [n for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
     if own and kernel_for(layer) is None:
         return (f"it holds trainable parameters {own} and trustlab has no per-sample-gradient "
-                "kernel for it", "build it from nn.Linear/Conv1d/Conv2d/Embedding/LayerNorm/"
-                "GroupNorm, freeze those parameters, or register a LayerKernel with "
+                "kernel for it", "build it from nn.Linear/Conv1d-3d/Embedding/LayerNorm/RMSNorm/"
+                "GroupNorm/InstanceNorm, freeze those parameters, or register a LayerKernel with "
                 "trustlab.kernels.register_kernel")
     return None
 
