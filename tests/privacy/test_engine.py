@@ -10,6 +10,7 @@ from torch import nn
 from dp_reference import (assert_close_sums, engine_clipped_sum,  # noqa: F401
                           float64_default, reference_clipped_sum)
 from trustlab.privacy import DPGRU, DPLSTM, DPMultiheadAttention
+from trustlab.privacy.tracker import GradSampleTracker
 
 
 def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -174,6 +175,64 @@ def test_conv3d_edge_cases(kwargs, in_channels):
     model = nn.Sequential(nn.Conv3d(in_channels, 4, 3, **kwargs), nn.ReLU(), nn.Conv3d(4, 3, 1),
                           nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, 3))
     check(model, torch.randn(4, in_channels, 7, 6, 6), torch.randint(0, 3, (4,)))
+
+
+class Bag(nn.Module):
+    """An EmbeddingBag over (B, L) bags, its entries optionally weighted by a gate embedding
+    (per_sample_weights that need their own gradient)."""
+
+    def __init__(self, gated: bool = False, **options) -> None:
+        super().__init__()
+        self.bag, self.head = nn.EmbeddingBag(9, 5, **options), nn.Linear(5, 3)
+        self.gate = nn.Embedding(9, 1) if gated else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.sigmoid(self.gate(x)).squeeze(-1) if self.gate is not None else None
+        return self.head(torch.tanh(self.bag(x, per_sample_weights=weights)))
+
+
+@pytest.mark.parametrize("options", [
+    dict(mode="sum"), dict(mode="mean"), dict(mode="mean", padding_idx=0),
+    dict(mode="sum", padding_idx=2), dict(mode="sum", padding_idx=0, gated=True),
+])
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap of embedding_bag
+def test_embedding_bag_matches_reference(options):
+    """Repeated indices in a bag, a bag of one repeated index, a bag all padding but one."""
+    torch.manual_seed(6)
+    x = torch.randint(0, 9, (6, 5))
+    x[0], x[1, 1:] = 3, 0
+    check(Bag(**options), x, torch.randint(0, 3, (6,)))
+
+
+@pytest.mark.parametrize("include_last_offset", [False, True])
+def test_embedding_bag_with_offsets_matches_a_per_sample_loop(include_last_offset):
+    """Bags of different lengths (one empty) as one flat index list and offsets."""
+    torch.manual_seed(7)
+    bags = [[1, 2, 2], [], [4], [3, 3, 3, 8], [0, 7]]
+    model = nn.Sequential(nn.EmbeddingBag(9, 5, mode="mean",
+                                          include_last_offset=include_last_offset))
+    head = nn.Linear(5, 3)
+
+    def loss(bags_: list[list[int]], y: torch.Tensor, layers: nn.Module, out: nn.Module):
+        flat = torch.tensor([i for b in bags_ for i in b], dtype=torch.long)
+        ends = torch.tensor([len(b) for b in bags_]).cumsum(0)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), ends])
+        offsets = offsets if include_last_offset else offsets[:-1]
+        return F.cross_entropy(out(torch.tanh(layers[0](flat, offsets))), y)
+
+    y = torch.randint(0, 3, (len(bags),))
+    params = [*model.parameters(), *head.parameters()]
+    want = [torch.zeros_like(p) for p in params]
+    for bag, label in zip(bags, y):
+        grads = torch.autograd.grad(loss([bag], label[None], model, head), params)
+        factor = min(1.0, 1.0 / (torch.cat([g.flatten() for g in grads]).norm().item() + 1e-6))
+        want = [w + factor * g for w, g in zip(want, grads)]
+    tracked = nn.ModuleList([model[0], head])
+    tracker = GradSampleTracker(tracked, 1.0, "mean")
+    tracker.attach()
+    loss(bags, y, tracked, tracked[1]).backward()
+    for p, w in zip(tracked.parameters(), want):
+        torch.testing.assert_close(tracker.summed[p], w)
 
 
 def _width(kwargs: dict) -> int:

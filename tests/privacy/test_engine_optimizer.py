@@ -289,6 +289,9 @@ def test_validator_names_unsupported_layers_and_fix():
                      max_grad_norm=1.0, target_delta=1e-5)
     fixed = fix(model)
     assert isinstance(fixed[1], nn.GroupNorm) and type(fixed[3]).__name__ == "DPLSTM"
+    with pytest.raises(ConfigError, match=r"0 \(EmbeddingBag\).*mode='sum' or mode='mean'"):
+        make_private(nn.Sequential(nn.EmbeddingBag(5, 3, mode="max")), opt, loader,
+                     noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5)
     with pytest.raises(ConfigError, match=r"0 \(InstanceNorm2d\).*track_running_stats=False"):
         make_private(nn.Sequential(nn.InstanceNorm2d(4, track_running_stats=True)), opt, loader,
                      noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5)

@@ -1,5 +1,9 @@
 """nn.Embedding: per-sample norms with repeated indices (ghost: ``sum_{t,s: i_t = i_s} g_t·g_s``),
-rows at ``padding_idx`` contributing nothing, and the clipped sum as one ``index_add``."""
+rows at ``padding_idx`` contributing nothing, and the clipped sum as one ``index_add``.
+
+nn.EmbeddingBag (sum and mean) is recorded as an embedding over each bag's entries: entry j of
+bag i has the output gradient ``w_ij g_i`` (``w`` is 1, ``1 / |bag|`` or the per-sample weight;
+0 at ``padding_idx``), so the same norms and sums serve it."""
 
 from __future__ import annotations
 
@@ -27,6 +31,58 @@ class _EmbeddingTap(torch.autograd.Function):
         (index,) = ctx.saved_tensors
         ctx.sink(Record(index, g, meta={"padding_idx": ctx.padding_idx}))
         return None, None, None, None
+
+
+class _EmbeddingBagTap(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, index: Tensor, offsets: Tensor | None, weight: Tensor,
+                per_sample_weights: Tensor | None, options: tuple, sink: Sink) -> Tensor:
+        mode, padding_idx, include_last_offset = options
+        ctx.save_for_backward(index, offsets, weight, per_sample_weights)
+        ctx.options, ctx.sink = options, sink
+        return F.embedding_bag(index, weight, offsets, mode=mode,
+                               per_sample_weights=per_sample_weights,
+                               include_last_offset=include_last_offset, padding_idx=padding_idx)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple:
+        index, offsets, weight, per_sample_weights = ctx.saved_tensors
+        idx, w, bag_of = bag_entries(index, offsets, per_sample_weights, *ctx.options,
+                                     bags=g.shape[0], dtype=g.dtype)
+        ctx.sink(Record(idx, w.unsqueeze(-1) * g.unsqueeze(1), meta={"padding_idx": None}))
+        grad_weights = None
+        if ctx.needs_input_grad[3]:  # d out_i / d w_ij = weight[index_ij]
+            grad_weights = (weight[index] * g[bag_of]).sum(-1)
+            if ctx.options[1] is not None:
+                grad_weights = grad_weights * (index != ctx.options[1])
+        return None, None, None, grad_weights, None, None
+
+
+def bag_entries(index: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None,
+                mode: str, padding_idx: int | None, include_last_offset: bool, bags: int,
+                dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Each bag's entries as (bags, L) indices and weights (0 where a bag is shorter or the
+    index is ``padding_idx``), and the bag of each entry of ``index`` (its shape)."""
+    given = (torch.ones(index.shape, dtype=dtype, device=index.device)
+             if per_sample_weights is None else per_sample_weights.to(dtype))
+    if index.dim() == 2:
+        idx, w = index, given
+        bag_of = torch.arange(bags, device=index.device)[:, None].expand_as(index)
+    else:
+        starts = offsets[:bags]
+        ends = torch.cat([starts[1:], offsets.new_full((1,), len(index))]) \
+            if not include_last_offset else offsets[1:bags + 1]
+        bag_of = torch.repeat_interleave(torch.arange(bags, device=index.device), ends - starts,
+                                         output_size=len(index))
+        position = torch.arange(len(index), device=index.device) - starts[bag_of]
+        width = int((ends - starts).max()) if bags else 0
+        idx = index.new_zeros(bags, width).index_put_((bag_of, position), index)
+        w = given.new_zeros(bags, width).index_put_((bag_of, position), given)
+    if padding_idx is not None:
+        w = w * (idx != padding_idx)
+    if mode == "mean":
+        w = w / (w != 0).sum(1, keepdim=True).clamp(min=1)
+    return idx, w, bag_of
 
 
 def embedding_records(records: list[Record]) -> tuple[Tensor, Tensor]:
@@ -108,3 +164,15 @@ class EmbeddingKernel(LayerKernel):
         out = g.new_zeros(idx.shape[0], *layer.weight.shape)
         out.scatter_add_(1, idx.unsqueeze(-1).expand(-1, -1, g.shape[-1]), g)
         return {"weight": out}
+
+
+@register_kernel
+class EmbeddingBagKernel(EmbeddingKernel):
+    module_type = nn.EmbeddingBag
+
+    def capture(self, layer: nn.EmbeddingBag, sink: Sink, input: Tensor,
+                offsets: Tensor | None = None,
+                per_sample_weights: Tensor | None = None) -> Tensor:
+        options = (layer.mode, layer.padding_idx, layer.include_last_offset)
+        return _EmbeddingBagTap.apply(input, offsets, layer.weight, per_sample_weights, options,
+                                      sink)

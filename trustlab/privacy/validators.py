@@ -52,10 +52,13 @@ def _problem(layer: nn.Module) -> tuple[str, str] | None:
             and not layer.self_attn.batch_first:
         return ("its Linear layers see (T, B, d) inputs, but per-sample gradients need the "
                 "batch first", "build it with batch_first=True")
-    if isinstance(layer, nn.Embedding) and (layer.max_norm is not None or layer.sparse
-                                            or layer.scale_grad_by_freq):
+    if isinstance(layer, nn.Embedding | nn.EmbeddingBag) and (
+            layer.max_norm is not None or layer.sparse or layer.scale_grad_by_freq):
         return ("max_norm, sparse and scale_grad_by_freq make a sample's gradient depend on "
                 "the batch or rewrite weights in place", "build the embedding without them")
+    if isinstance(layer, nn.EmbeddingBag) and layer.mode == "max":
+        return ("mode='max' sends each dimension's gradient to one entry of the bag, which "
+                "trustlab has no kernel for", "use mode='sum' or mode='mean'")
     if isinstance(layer, nn.modules.instancenorm._InstanceNorm) and layer.track_running_stats:
         return ("its running statistics average the training data with no noise (released with "
                 "the model, they leak it) and DP training does not update them",
@@ -63,9 +66,9 @@ def _problem(layer: nn.Module) -> tuple[str, str] | None:
     own = [n for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
     if own and kernel_for(layer) is None:
         return (f"it holds trainable parameters {own} and trustlab has no per-sample-gradient "
-                "kernel for it", "build it from nn.Linear/Conv1d-3d/Embedding/LayerNorm/RMSNorm/"
-                "GroupNorm/InstanceNorm, freeze those parameters, or register a LayerKernel with "
-                "trustlab.kernels.register_kernel")
+                "kernel for it", "build it from nn.Linear/Conv1d-3d/Embedding/EmbeddingBag/"
+                "LayerNorm/RMSNorm/GroupNorm/InstanceNorm, freeze those parameters, or register "
+                "a LayerKernel with trustlab.kernels.register_kernel")
     return None
 
 
