@@ -108,8 +108,9 @@ def _weight_grads_as_forward_conv(x: Tensor, g: Tensor, weight_shape: torch.Size
     dilation swap roles)."""
     stride, padding, dilation, groups = args
     b = len(x)
-    out = _CONVS[x.dim()](x.reshape(1, -1, *x.shape[2:]), g.reshape(-1, 1, *g.shape[2:]), None,
-               stride=dilation, padding=padding, dilation=stride, groups=b * groups)
+    out = _CONVS[x.dim()](x.reshape(1, -1, *x.shape[2:]), g.reshape(-1, 1, *g.shape[2:]),
+                          None, stride=dilation, padding=padding, dilation=stride,
+                          groups=b * groups)
     crop = tuple(slice(0, k) for k in weight_shape[2:])  # extra rows the input had left over
     return out[(..., *crop)].reshape(b, -1)
 

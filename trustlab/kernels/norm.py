@@ -63,13 +63,13 @@ class _RMSNormTap(torch.autograd.Function):
         dims = tuple(range(-len(ctx.shape), 0))
         eps = torch.finfo(x.dtype).eps if ctx.eps is None else ctx.eps  # as F.rms_norm
         rstd = torch.rsqrt(x.square().mean(dims, keepdim=True) + eps)
+        xhat = x * rstd  # once, for the record and the input gradient
         width = math.prod(ctx.shape)
-        xr, rr = x.reshape(x.shape[0], -1, width), rstd.reshape(x.shape[0], -1, 1)
-        ctx.sink(affine_record(lambda rows: xr[rows] * rr[rows],
-                               g.reshape(g.shape[0], -1, width)))
+        xr = xhat.reshape(x.shape[0], -1, width)
+        ctx.sink(affine_record(lambda rows: xr[rows], g.reshape(g.shape[0], -1, width)))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            xhat, gw = x * rstd, g * weight
+            gw = g * weight
             grad_x = rstd * (gw - xhat * (gw * xhat).mean(dims, keepdim=True))
         return grad_x, None, None, None, None
 

@@ -36,7 +36,8 @@ class _LogLines(_Bar):
     def advance(self, status: str = "") -> None:
         self._done += 1
         now = time.monotonic()
-        due = now - (self._last_line or self._started) >= LOG_EVERY_S
+        since = self._started if self._last_line is None else self._last_line
+        due = now - since >= LOG_EVERY_S
         if not due and not (self._done == self._total and self._last_line is not None):
             return
         self._last_line = now
