@@ -50,16 +50,15 @@ def test_conv_direct_norms_against_a_per_sample_loop(make_conv, size):
     channels, positions and patches (masked), one input channel."""
     torch.manual_seed(len(size))
     layer = make_conv()
-    x = torch.randn(3, layer.in_channels, *size)
-    g = torch.randn_like(layer(x))
-    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
-    torch.testing.assert_close(conv.triton_conv_sq_norms(x, g, layer.weight.shape, args),
-                               _loop_conv_sq_norms(layer, x, g), rtol=1e-4, atol=1e-4)
+    _assert_conv_norms_match_the_loop(layer, torch.randn(3, layer.in_channels, *size))
 
 
 def test_conv_direct_norms_on_strided_inputs():
-    layer = torch.nn.Conv2d(4, 5, 3, padding=1)
     x = torch.randn(2, 6, 6, 4).permute(0, 3, 1, 2)  # channels last
+    _assert_conv_norms_match_the_loop(torch.nn.Conv2d(4, 5, 3, padding=1), x)
+
+
+def _assert_conv_norms_match_the_loop(layer: torch.nn.Module, x: torch.Tensor) -> None:
     g = torch.randn_like(layer(x))
     args = (layer.stride, layer.padding, layer.dilation, layer.groups)
     torch.testing.assert_close(conv.triton_conv_sq_norms(x, g, layer.weight.shape, args),
