@@ -9,7 +9,7 @@ from torch import nn
 
 from dp_reference import (assert_close_sums, engine_clipped_sum,  # noqa: F401
                           float64_default, reference_clipped_sum)
-from trustlab.privacy import DPGRU, DPLSTM, DPMultiheadAttention
+from trustlab.privacy import DPGRU, DPLSTM, DPRNN, DPMultiheadAttention
 from trustlab.privacy.tracker import GradSampleTracker
 
 
@@ -275,6 +275,10 @@ def test_dp_layers_match_reference():
     check(model, torch.randn(4, 6, 3), torch.randint(0, 3, (4,)))
     check(SeqHead(DPGRU(3, 5, batch_first=True), 5), torch.randn(4, 6, 3),
           torch.randint(0, 3, (4,)))
+    for nonlinearity in ("tanh", "relu"):
+        check(SeqHead(DPRNN(3, 5, num_layers=2, nonlinearity=nonlinearity, batch_first=True,
+                            bidirectional=True), 10), torch.randn(4, 6, 3),
+              torch.randint(0, 3, (4,)))
 
     class Attn(nn.Module):
         def __init__(self) -> None:

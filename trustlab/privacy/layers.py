@@ -151,7 +151,8 @@ class _DPRecurrent(nn.Module):
                  bidirectional: bool = False) -> None:
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.batch_first, self.dropout, self.bidirectional = batch_first, dropout, bidirectional
+        self.bias, self.batch_first = bias, batch_first
+        self.dropout, self.bidirectional = dropout, bidirectional
         self.directions = 2 if bidirectional else 1
         self.cells = nn.ModuleList(
             _Cell(input_size if layer == 0 else hidden_size * self.directions, hidden_size,
@@ -162,8 +163,7 @@ class _DPRecurrent(nn.Module):
     def from_module(cls, rnn: nn.RNNBase) -> "_DPRecurrent":
         if getattr(rnn, "proj_size", 0):
             raise ConfigError("nn.LSTM with proj_size has no DP equivalent; use proj_size=0")
-        new = cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, rnn.batch_first,
-                  rnn.dropout, rnn.bidirectional).to(rnn.weight_ih_l0)
+        new = cls(rnn.input_size, rnn.hidden_size, **_settings(rnn)).to(rnn.weight_ih_l0)
         with torch.no_grad():
             for index, cell in enumerate(new.cells):
                 layer, direction = divmod(index, new.directions)
@@ -176,18 +176,17 @@ class _DPRecurrent(nn.Module):
         return new.train(rnn.training)
 
     def to_module(self) -> nn.RNNBase:
-        """The equivalent ``nn.LSTM`` / ``nn.GRU`` (weights copied), e.g. for checkpoints."""
-        bias = self.cells[0].ih.bias is not None
-        rnn = self.torch_class(self.input_size, self.hidden_size, self.num_layers, bias,
-                               self.batch_first, self.dropout,
-                               self.bidirectional).to(self.cells[0].ih.weight)
+        """The equivalent ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (weights copied), e.g. for
+        checkpoints."""
+        rnn = self.torch_class(self.input_size, self.hidden_size,
+                               **_settings(self)).to(self.cells[0].ih.weight)
         with torch.no_grad():
             for index, cell in enumerate(self.cells):
                 layer, direction = divmod(index, self.directions)
                 suffix = f"l{layer}" + ("_reverse" if direction else "")
                 getattr(rnn, f"weight_ih_{suffix}").copy_(cell.ih.weight)
                 getattr(rnn, f"weight_hh_{suffix}").copy_(cell.hh.weight)
-                if bias:
+                if self.bias:
                     getattr(rnn, f"bias_ih_{suffix}").copy_(cell.ih.bias)
                     getattr(rnn, f"bias_hh_{suffix}").copy_(cell.hh.bias)
         return rnn.train(self.training)
@@ -254,6 +253,27 @@ class DPLSTM(_DPRecurrent):
         return torch.sigmoid(o) * torch.tanh(c), c
 
 
+class DPRNN(_DPRecurrent):
+    """``nn.RNN`` (Elman, ``nonlinearity`` "tanh" or "relu") from ``nn.Linear`` cells."""
+
+    gates, torch_class = 1, nn.RNN
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ConfigError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional)
+        self.nonlinearity = nonlinearity
+        self.mode = f"rnn_{nonlinearity}"
+
+    def _step(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        pre = gates_x + cell.hh(h)
+        h = torch.relu(pre) if self.nonlinearity == "relu" else torch.tanh(pre)
+        return h, h
+
+
 class DPGRU(_DPRecurrent):
     """``nn.GRU`` (gate order r, z, n) from ``nn.Linear`` cells."""
 
@@ -265,3 +285,12 @@ class DPGRU(_DPRecurrent):
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
         h = (1 - z) * torch.tanh(xn + r * hn) + z * h
         return h, h
+
+
+def _settings(rnn: nn.RNNBase | _DPRecurrent) -> dict:
+    """The keyword arguments that rebuild ``rnn`` (a PyTorch RNN or its DP equivalent) as the
+    other kind: the same for both, ``nonlinearity`` included for ``nn.RNN``/``DPRNN``."""
+    names = ["num_layers", "bias", "batch_first", "dropout", "bidirectional"]
+    if isinstance(rnn, nn.RNN | DPRNN):
+        names.append("nonlinearity")
+    return {name: getattr(rnn, name) for name in names}

@@ -1,4 +1,4 @@
-"""One layer and direction of an LSTM/GRU as a single autograd node with hand-written BPTT.
+"""One layer and direction of an LSTM/GRU/RNN as a single autograd node with hand-written BPTT.
 
 Used by the DP recurrent layers while the engine taps them: the input projection
 ``gates_x = x W_ih^T + b_ih`` stays an ordinary (tapped) Linear over the whole sequence and the
@@ -105,6 +105,32 @@ def _gru_backward(w: Tensor, acts: Tensor, projs: Tensor, h_prev: Tensor, order:
     return g_x, g_h, dh
 
 
+def _rnn_forward(gx: Tensor, h: Tensor, w: Tensor, order: range, relu: bool
+                 ) -> tuple[Tensor, Tensor]:
+    """H and H_prev (T, B, h) of an Elman RNN (tanh or ReLU) from time-major ``gx`` (T, B, h),
+    biases included."""
+    hs, h_prev = torch.empty_like(gx), torch.empty_like(gx)
+    wt = w.t()
+    for t in order:
+        h_prev[t] = h
+        pre = torch.addmm(gx[t], h, wt)
+        h = torch.clamp(pre, min=0, out=hs[t]) if relu else torch.tanh(pre, out=hs[t])
+    return hs, h_prev
+
+
+def _rnn_backward(w: Tensor, hs: Tensor, order: range, d_hs: Tensor | None, dh: Tensor,
+                  relu: bool) -> tuple[Tensor, Tensor]:
+    """BPTT: pre-activation gradients (T, B, h) and the gradient of h0."""
+    grads = torch.empty_like(hs)
+    for t in reversed(order):
+        if d_hs is not None:
+            dh = dh + d_hs[t]
+        h = hs[t]
+        torch.mul(dh, h > 0 if relu else 1 - h * h, out=grads[t])
+        dh = grads[t] @ w
+    return grads, dh
+
+
 class _Recurrence(torch.autograd.Function):
     """(gates_x, h0, c0) -> (H, h_n, c_n) for one layer and direction; see the module doc."""
 
@@ -116,14 +142,18 @@ class _Recurrence(torch.autograd.Function):
         ctx.mode, ctx.order, ctx.sink = mode, order, sink
         ctx.set_materialize_grads(False)
         gx = gx.transpose(0, 1)
+        c_n = h0.new_empty(0)
         if mode == "lstm":
             hs, cs, acts, h_prev = _lstm_forward(gx if b is None else gx + b, h0, c0, w, order)
             ctx.save_for_backward(w, acts, cs, h_prev, c0)
             c_n = cs[order[-1]].clone() if steps else c0.clone()
-        else:
+        elif mode == "gru":
             hs, projs, acts, h_prev = _gru_forward(gx, h0, w, b, order)
             ctx.save_for_backward(w, acts, projs, h_prev)
-            c_n = h0.new_empty(0)
+        else:
+            hs, h_prev = _rnn_forward(gx if b is None else gx + b, h0, w, order,
+                                      mode == "rnn_relu")
+            ctx.save_for_backward(w, hs, h_prev)
         h_n = hs[order[-1]].clone() if steps else h0.clone()
         return hs.transpose(0, 1), h_n, c_n
 
@@ -131,17 +161,22 @@ class _Recurrence(torch.autograd.Function):
     def backward(ctx: Any, d_hs: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None
                  ) -> tuple[Tensor | None, ...]:
         d_hs = None if d_hs is None else d_hs.transpose(0, 1)
+        dc = None
         if ctx.mode == "lstm":
             w, acts, cs, h_prev, c0 = ctx.saved_tensors
             dh = torch.zeros_like(c0) if d_hn is None else d_hn
             dc = torch.zeros_like(c0) if d_cn is None else d_cn
             g_x, dh, dc = _lstm_backward(w, acts, cs, c0, ctx.order, d_hs, dh, dc)
             g_h = g_x
-        else:
+        elif ctx.mode == "gru":
             w, acts, projs, h_prev = ctx.saved_tensors
             dh = torch.zeros_like(h_prev[0]) if d_hn is None else d_hn
             g_x, g_h, dh = _gru_backward(w, acts, projs, h_prev, ctx.order, d_hs, dh)
-            dc = None
+        else:
+            w, hs, h_prev = ctx.saved_tensors
+            dh = torch.zeros_like(h_prev[0]) if d_hn is None else d_hn
+            g_x, dh = _rnn_backward(w, hs, ctx.order, d_hs, dh, ctx.mode == "rnn_relu")
+            g_h = g_x
         ctx.sink(Record(h_prev.transpose(0, 1), g_h.transpose(0, 1)))
         return (g_x.transpose(0, 1), dh if ctx.needs_input_grad[1] else None,
                 dc if ctx.needs_input_grad[2] else None, None, None, None, None, None)
@@ -149,8 +184,9 @@ class _Recurrence(torch.autograd.Function):
 
 def recurrence(gates_x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, bias: Tensor | None,
                mode: str, reverse: bool, sink: Sink) -> tuple[Tensor, Tensor, Tensor]:
-    """``(H (B, T, h), h_n, c_n)`` of one LSTM (``mode="lstm"``) or GRU (``"gru"``; ``c_n`` is
-    empty, ``c0`` ignored) layer and direction over batch-first ``gates_x = x W_ih^T + b_ih``,
+    """``(H (B, T, h), h_n, c_n)`` of one LSTM (``mode="lstm"``), GRU (``"gru"``) or Elman RNN
+    (``"rnn_tanh"``, ``"rnn_relu"``) layer and direction (``c_n`` is empty and ``c0`` ignored
+    but for the LSTM) over batch-first ``gates_x = x W_ih^T + b_ih``,
     reporting the hidden projection's :class:`Record` to ``sink`` in backward. ``weight`` and
     ``bias`` are the hidden projection's: inputs of the autograd node (so a backward pass is
     seen to train them), which gives them no gradient. Under autocast the recurrence runs in

@@ -10,7 +10,7 @@ from torch import nn
 
 from trustlab.errors import ConfigError
 from trustlab.kernels import kernel_for
-from trustlab.privacy.layers import DPGRU, DPLSTM, DPMultiheadAttention
+from trustlab.privacy.layers import DPGRU, DPLSTM, DPRNN, DPMultiheadAttention
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
 
@@ -31,7 +31,8 @@ _FIXES: dict[type, tuple[str, str, Callable[[nn.Module], nn.Module] | None]] = {
              "trustlab.privacy.fix(model) swaps in DPGRU (same function, weights copied)",
              DPGRU.from_module),
     nn.RNN: ("its fused kernel keeps the weights out of reach of per-sample kernels",
-             "use nn.LSTM or nn.GRU and trustlab.privacy.fix(model)", None),
+             "trustlab.privacy.fix(model) swaps in DPRNN (same function, weights copied)",
+             DPRNN.from_module),
     nn.MultiheadAttention: (
         "its packed in_proj_weight is not a layer the kernels cover",
         "trustlab.privacy.fix(model) swaps in DPMultiheadAttention (same function, weights "
@@ -98,7 +99,7 @@ def unfix(module: nn.Module) -> nn.Module:
     """Undo :func:`fix` for the exact swaps (DP layers back to their PyTorch originals), so a
     checkpoint loads into the architecture it was built from."""
     for name, child in list(module.named_children()):
-        if isinstance(child, DPLSTM | DPGRU | DPMultiheadAttention):
+        if isinstance(child, DPLSTM | DPGRU | DPRNN | DPMultiheadAttention):
             setattr(module, name, child.to_module())
         else:
             unfix(child)
