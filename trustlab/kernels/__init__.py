@@ -10,7 +10,8 @@ from trustlab.kernels.clip import automatic_factors, clip_factors, noisy_write, 
 from trustlab.kernels.linear import row_sq_norms
 from trustlab.kernels.registry import (LayerKernel, Record, data_key, kernel_for, register_kernel,
                                        shared_results, supported_types)
+from trustlab.kernels.vmap import VmapKernel, register_vmap_kernel
 
-__all__ = ["LayerKernel", "Record", "automatic_factors", "clip_factors", "data_key",
-           "kernel_for", "noisy_write", "register_kernel", "row_sq_norms", "scale_accumulate",
-           "shared_results", "supported_types"]
+__all__ = ["LayerKernel", "Record", "VmapKernel", "automatic_factors", "clip_factors",
+           "data_key", "kernel_for", "noisy_write", "register_kernel", "register_vmap_kernel",
+           "row_sq_norms", "scale_accumulate", "shared_results", "supported_types"]

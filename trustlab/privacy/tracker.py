@@ -40,7 +40,8 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
 
     Swapping the class (not the instance's forward) keeps copies safe: a deep copy of a tapped
     layer is not tracked and runs the plain forward on its own weights. ``dp_sink()`` gives
-    the sink to layers that compute the tapped layer's product themselves. A tapped class
+    the sink to layers that compute the tapped layer's product themselves, ``untapped_class``
+    the class it stands for (whose forward a kernel may call itself). A tapped class
     (a deep copy of a private model's layer) is its own tapped class."""
     if cls in _TAPPED_CLASSES.values():
         return cls
@@ -60,6 +61,7 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
             return tracker.own_product_sink(self)
 
         _TAPPED_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward, "dp_sink": dp_sink,
+                                                           "untapped_class": cls,
                                                            "__module__": cls.__module__})
     return _TAPPED_CLASSES[cls]
 

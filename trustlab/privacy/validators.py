@@ -9,7 +9,7 @@ from typing import Callable
 from torch import nn
 
 from trustlab.errors import ConfigError
-from trustlab.kernels import kernel_for
+from trustlab.kernels import VmapKernel, kernel_for
 from trustlab.privacy.layers import DPGRU, DPLSTM, DPRNN, DPMultiheadAttention
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -64,12 +64,18 @@ def _problem(layer: nn.Module) -> tuple[str, str] | None:
         return ("its running statistics average the training data with no noise (released with "
                 "the model, they leak it) and DP training does not update them",
                 "build it with track_running_stats=False")
+    if isinstance(kernel_for(layer), VmapKernel) and (nested := [
+            n for n, p in layer.named_parameters() if p.requires_grad and "." in n]):
+        return (f"it is registered with register_vmap_kernel but holds trainable sub-layers "
+                f"({', '.join(nested)}), which that kernel cannot see",
+                "register the layers that hold the parameters themselves")
     own = [n for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
     if own and kernel_for(layer) is None:
         return (f"it holds trainable parameters {own} and trustlab has no per-sample-gradient "
                 "kernel for it", "build it from nn.Linear/Conv1d-3d/Embedding/EmbeddingBag/"
-                "LayerNorm/RMSNorm/GroupNorm/InstanceNorm, freeze those parameters, or register "
-                "a LayerKernel with trustlab.kernels.register_kernel")
+                "LayerNorm/RMSNorm/GroupNorm/InstanceNorm, freeze those parameters, register a "
+                "LayerKernel with trustlab.kernels.register_kernel, or (a layer that treats "
+                "each sample on its own) trustlab.kernels.register_vmap_kernel(its class)")
     return None
 
 
