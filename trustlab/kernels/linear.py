@@ -90,13 +90,14 @@ def direct_sq_norms(a: Tensor, g: Tensor) -> Tensor:
 
 
 def weighted_weight_sum(a: Tensor, g: Tensor, weights: Tensor) -> Tensor:
-    """``sum_i w_i g_i^T a_i`` as one GEMM, rescaling whichever of ``a``/``g`` is smaller."""
-    w = weights.to(g.dtype)[:, None, None]
-    if g.shape[2] <= a.shape[2]:
+    """``sum_i w_i g_i^T a_i`` as one GEMM, rescaling whichever of ``a``/``g`` is smaller;
+    (B, T, ·) sequences or (B, ·) single rows, ``weights`` in their dtype."""
+    w = weights.view(-1, *[1] * (g.dim() - 1))
+    if g.shape[-1] <= a.shape[-1]:
         g = g * w
     else:
         a = a * w
-    return g.reshape(-1, g.shape[2]).t() @ a.reshape(-1, a.shape[2])
+    return g.reshape(-1, g.shape[-1]).t() @ a.reshape(-1, a.shape[-1])
 
 
 # --- Triton path (kernels defined on first use, so TRITON_INTERPRET set later still applies) -
@@ -228,17 +229,19 @@ class LinearKernel(LayerKernel):
         return _LinearTap.apply(x, layer.weight, layer.bias, sink)
 
     def sq_norms(self, layer: nn.Linear, records: list[Record]) -> tuple[Tensor, Any]:
-        a, g = linear_records(records)
         has_weight = layer.weight.requires_grad
         has_bias = layer.bias is not None and layer.bias.requires_grad
         kept = None
-        if g.shape[1] == 1:  # non-sequence input: ||G_i||^2 = ||a_i||^2 ||g_i||^2, bias ||g_i||^2
+        if len(records) == 1 and records[0].g.dim() == 2:
+            # one call on (B, p) rows: ||G_i||^2 = ||a_i||^2 ||g_i||^2, the bias ||g_i||^2
+            a, g = records[0].a, records[0].g
             g_sq = row_sq_norms(g)
             if has_weight and has_bias:
                 total = torch.addcmul(g_sq, g_sq, row_sq_norms(a))
             else:
                 total = g_sq * row_sq_norms(a) if has_weight else g_sq
-            return total, (a, g, kept, g[:, 0])
+            return total, (a, g, kept, g)
+        a, g = linear_records(records)
         total, bias_grads = None, None
         if has_weight:
             mode = choose_mode(g.shape[0], g.shape[1], a.shape[2], g.shape[2])
@@ -252,11 +255,12 @@ class LinearKernel(LayerKernel):
     def clipped_sum(self, layer: nn.Linear, records: list[Record], state: Any,
                     weights: Tensor) -> dict[str, Tensor]:
         a, g, kept, bias_grads = state
+        weights = weights.to(g.dtype)
         out: dict[str, Tensor] = {}
         if layer.weight.requires_grad:
             out["weight"] = weight_sum(a, g, kept, weights)
         if layer.bias is not None and layer.bias.requires_grad:
-            out["bias"] = weights.to(g.dtype) @ bias_grads
+            out["bias"] = weights @ bias_grads
         return out
 
     def per_sample_grads(self, layer: nn.Linear, records: list[Record]) -> dict[str, Tensor]:

@@ -130,6 +130,9 @@ class GradSampleTracker:
         self._never_early: set[nn.Module] = set(self.shared)
         self._early = _EarlyClipped()
         self._hooks: list = []  # on the parameters while attached
+        # each layer's parameters' gradient-accumulator nodes while attached (held: autograd
+        # then reuses them, and looking them up is not paid per backward pass)
+        self._grad_nodes: dict[nn.Module, list] = {}
 
     def attach(self) -> None:
         for layer in self.layers:
@@ -139,6 +142,8 @@ class GradSampleTracker:
         self._hooks = [p.register_hook(self._untapped_use(f"{name}.{n}"))
                        for layer, name in self.layers.items()
                        for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
+        self._grad_nodes = {layer: [get_gradient_edge(p).node for p in params]
+                            for layer, params in self.params.items()}
 
     def detach(self) -> None:
         for layer in self.layers:
@@ -147,6 +152,7 @@ class GradSampleTracker:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        self._grad_nodes = {}
 
     def _untapped_use(self, name: str) -> Callable[[Tensor | None], None]:
         def refuse(grad: Tensor | None) -> None:
@@ -181,11 +187,9 @@ class GradSampleTracker:
         self._callback_queued = False
 
     def _make_sink(self, layer: nn.Module) -> Callable[[Record], None]:
-        params = self.params[layer]
-
         def sink(record: Record) -> None:
-            if not _computes_gradient_of(params):  # an input-gradient pass (an attack, a
-                return  # saliency map): recording it would count its samples twice
+            if not _computes_gradient_of(self._grad_nodes[layer]):  # an input-gradient pass
+                return  # (an attack, a saliency map): recording it would count samples twice
             node = torch._C._current_autograd_node()
             if node in self._recorded_nodes:
                 self._abort_pass()
@@ -382,13 +386,14 @@ class _EarlyClipped:
     sums: dict[Tensor, Tensor] = dataclasses.field(default_factory=dict)
 
 
-def _computes_gradient_of(params: list[Tensor]) -> bool:
-    """Whether the running backward pass computes a gradient for any of ``params``: True for
-    ``loss.backward()``, False for ``torch.autograd.grad(loss, x)`` or ``backward(inputs=[x])``
-    (gradients of inputs only, as attacks and explanations take them)."""
-    for p in params:
+def _computes_gradient_of(grad_nodes: list) -> bool:
+    """Whether the running backward pass computes a gradient for any of the parameters whose
+    gradient-accumulator nodes are ``grad_nodes``: True for ``loss.backward()``, False for
+    ``torch.autograd.grad(loss, x)`` or ``backward(inputs=[x])`` (gradients of inputs only, as
+    attacks and explanations take them)."""
+    for node in grad_nodes:
         try:
-            if torch._C._will_engine_execute_node(get_gradient_edge(p).node):
+            if torch._C._will_engine_execute_node(node):
                 return True
         except RuntimeError:  # torch.autograd.grad(loss, p): asks for p's gradient itself
             return True
@@ -397,7 +402,8 @@ def _computes_gradient_of(params: list[Tensor]) -> bool:
 
 def _in_dtype(record: Record, dtype: torch.dtype) -> Record:
     """``record`` with its floating-point tensors in ``dtype`` (itself when they are)."""
-    a, g = (t.to(dtype) if t.is_floating_point() else t for t in (record.a, record.g))
+    a, g = (t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
+            for t in (record.a, record.g))
     if a is record.a and g is record.g:
         return record
     return dataclasses.replace(record, a=a, g=g)
