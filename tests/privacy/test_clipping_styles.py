@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from dp_reference import (assert_close_sums, engine_clipped_sum,  # noqa: F401
                           float64_default, per_sample_grads, train_steps)
 from test_engine import Tied
+from test_vmap_kernel import GateTwice
 from trustlab.errors import ConfigError
 from trustlab.privacy import DPLSTM, make_private
 from trustlab.privacy.tracker import GradSampleTracker
@@ -48,9 +49,10 @@ def _case(name: str) -> tuple[nn.Module, Tensor, Tensor, dict[str, str]]:
         model = Tied().double()
         x, y = torch.randint(0, 7, (6, 5)), torch.randint(0, 7, (6,))
         groups = {"embed.weight": "tied", "mid.weight": "mid", "mid.bias": "mid"}
-    elif name == "reused":
-        model = Reused().double()
-        x, y = torch.randn(6, 4, 3), torch.randint(0, 3, (6,))
+    elif name in ("reused", "vmap"):  # vmap: a register_vmap_kernel layer used twice
+        model = (Reused() if name == "reused" else GateTwice()).double()
+        x = torch.randn(6, 4, 3) if name == "reused" else torch.randn(6, 5)
+        y = torch.randint(0, 3, (6,))
         groups = {n: n.rsplit(".", 1)[0] for n, _ in model.named_parameters()}
     else:
         model = conv_net().double()
@@ -75,7 +77,7 @@ def _reference_per_layer(grads: dict[str, Tensor], norms: dict[str, Tensor],
     return {n: torch.einsum("b,b...->...", factors[groups[n]], g) for n, g in grads.items()}
 
 
-@pytest.mark.parametrize("name", ["conv", "tied", "reused"])
+@pytest.mark.parametrize("name", ["conv", "tied", "reused", "vmap"])
 def test_per_layer_sums_match_reference(name):
     model, x, y, groups = _case(name)
     grads, norms = _group_norms(model, x, y, groups)
