@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from dp_reference import float64_default  # noqa: F401
 from test_engine import SeqHead, check
 from trustlab.errors import ConfigError
-from trustlab.kernels import register_vmap_kernel
+from trustlab.kernels import kernel_for, register_vmap_kernel
 from trustlab.privacy import make_private
 
 
@@ -95,3 +95,30 @@ def test_registered_layer_called_with_two_tensors_is_refused():
 def test_register_vmap_kernel_takes_a_module_class():
     with pytest.raises(TypeError, match="nn.Module subclass"):
         register_vmap_kernel(Gate(3))  # type: ignore[arg-type]
+
+
+class ScaledLinear(nn.Linear):
+    """A Linear whose forward is its own: the Linear kernel would train nn.Linear instead."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(super().forward(x)) * 2
+
+
+def test_a_subclass_overriding_a_kernels_forward_is_refused_then_covered_when_registered():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 4), ScaledLinear(4, 3))
+    with pytest.raises(ConfigError, match=r"1 \(ScaledLinear\): it overrides the forward of "
+                                          r"nn.Linear.*register_vmap_kernel\(ScaledLinear\)"):
+        _private(model)
+    register_vmap_kernel(ScaledLinear)
+    check(model, torch.randn(6, 5), torch.randint(0, 3, (6,)))
+
+
+def test_a_subclass_keeping_the_forward_keeps_the_kernel():
+    class PlainSubclass(nn.Linear):
+        pass
+
+    torch.manual_seed(3)
+    check(nn.Sequential(PlainSubclass(5, 4), nn.ReLU(), nn.Linear(4, 3)), torch.randn(6, 5),
+          torch.randint(0, 3, (6,)))
+    assert type(kernel_for(PlainSubclass(2, 2))).__name__ == "LinearKernel"

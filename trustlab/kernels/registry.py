@@ -39,6 +39,9 @@ class LayerKernel:
     """Base class; subclasses register with :func:`register_kernel`."""
 
     module_type: type[nn.Module]
+    # whether the kernel runs the layer's own forward (any subclass is then covered); a kernel
+    # that computes ``module_type``'s function itself covers no subclass overriding forward
+    runs_own_forward = False
 
     def param_names(self, layer: nn.Module) -> list[str]:
         """Names of the layer's trainable parameters this kernel produces gradients for."""
@@ -73,11 +76,22 @@ def register_kernel(kernel_cls: type[LayerKernel]) -> type[LayerKernel]:
 
 
 def kernel_for(layer: nn.Module) -> LayerKernel | None:
-    """The kernel registered for ``type(layer)`` (exact type first, then base classes)."""
-    for cls in type(layer).__mro__:
+    """The kernel registered for ``type(layer)`` (exact type first, then base classes); None
+    for a subclass that overrides the forward of the class a kernel computes itself (its
+    function is not that class's). A tracked layer is looked up by the class it stands for."""
+    layer_cls = getattr(type(layer), "untapped_class", type(layer))
+    for cls in layer_cls.__mro__:
         if cls in _KERNELS:
-            return _KERNELS[cls]
+            kernel = _KERNELS[cls]
+            return kernel if kernel.runs_own_forward or layer_cls.forward is cls.forward else None
     return None
+
+
+def overridden_kernel_class(layer: nn.Module) -> type[nn.Module] | None:
+    """The class with a kernel whose forward ``layer``'s class overrides (so it has none)."""
+    layer_cls = getattr(type(layer), "untapped_class", type(layer))
+    return next((cls for cls in layer_cls.__mro__ if cls in _KERNELS), None) \
+        if kernel_for(layer) is None else None
 
 
 def supported_types() -> list[type[nn.Module]]:

@@ -75,6 +75,8 @@ class _Plain(nn.Module):
 class VmapKernel(LayerKernel):
     """Materialised per-sample gradients from ``torch.func``; see the module doc."""
 
+    runs_own_forward = True
+
     def capture(self, layer: nn.Module, sink: Sink, *args: Any, **kwargs: Any) -> Tensor:
         if len(args) != 1 or kwargs or not isinstance(args[0], Tensor):
             raise TypeError(f"{type(layer).__name__} is registered with register_vmap_kernel, "
@@ -115,8 +117,9 @@ class VmapKernel(LayerKernel):
 
 def register_vmap_kernel(layer_type: type[nn.Module]) -> type[nn.Module]:
     """Let DP training cover ``layer_type``'s own parameters with :class:`VmapKernel` (usable
-    as a class decorator). Only for layers that treat each sample on its own; see the module
-    doc. Its trainable sub-layers need kernels of their own, and it must have none."""
+    as a class decorator): for layers that treat each sample on its own and hold no trainable
+    sub-layers (see the module doc), a subclass of a covered layer whose forward is its own
+    included."""
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
         raise TypeError(f"register_vmap_kernel takes an nn.Module subclass, got {layer_type!r}")
     register_kernel(type(f"VmapKernel[{layer_type.__name__}]", (VmapKernel,),

@@ -9,7 +9,7 @@ from typing import Callable
 from torch import nn
 
 from trustlab.errors import ConfigError
-from trustlab.kernels import VmapKernel, kernel_for
+from trustlab.kernels import VmapKernel, kernel_for, overridden_kernel_class
 from trustlab.privacy.layers import DPGRU, DPLSTM, DPRNN, DPMultiheadAttention
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -70,6 +70,11 @@ def _problem(layer: nn.Module) -> tuple[str, str] | None:
                 f"({', '.join(nested)}), which that kernel cannot see",
                 "register the layers that hold the parameters themselves")
     own = [n for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
+    if own and (base := overridden_kernel_class(layer)) is not None:
+        return (f"it overrides the forward of nn.{base.__name__}, whose kernel "
+                f"computes {base.__name__}'s own function (it would train a different model)",
+                f"compute the extra outside the layer, or trustlab.kernels."
+                f"register_vmap_kernel({type(layer).__name__})")
     if own and kernel_for(layer) is None:
         return (f"it holds trainable parameters {own} and trustlab has no per-sample-gradient "
                 "kernel for it", "build it from nn.Linear/Conv1d-3d/Embedding/EmbeddingBag/"
