@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -295,6 +296,15 @@ def test_validator_names_unsupported_layers_and_fix():
     with pytest.raises(ConfigError, match=r"0 \(InstanceNorm2d\).*track_running_stats=False"):
         make_private(nn.Sequential(nn.InstanceNorm2d(4, track_running_stats=True)), opt, loader,
                      noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5)
+    # old-style weight_norm: the Linear's weight is made from weight_g and weight_v by a hook,
+    # and the Linear kernel computes no gradient for them (they would get noise only)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # weight_norm is deprecated
+        normed = nn.Sequential(nn.utils.weight_norm(nn.Linear(4, 3)))
+    with pytest.raises(ConfigError, match=r"0 \(Linear\): its parameters \['weight_g', "
+                                          r"'weight_v'\] are not ones.*remove_weight_norm"):
+        make_private(normed, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0,
+                     target_delta=1e-5)
 
 
 def test_a_parameter_used_outside_its_layer_is_an_error():

@@ -234,6 +234,7 @@ def _bias_grads(records: list[Record]) -> Tensor:
 
 @register_kernel
 class Conv2dKernel(LayerKernel):
+    parameters = ("weight", "bias")
     module_type = nn.Conv2d
 
     def capture(self, layer: nn.Module, sink: Sink, x: Tensor) -> Tensor:

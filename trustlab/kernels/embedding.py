@@ -142,6 +142,7 @@ def triton_embedding_sq_norms(idx: Tensor, g: Tensor) -> Tensor:
 
 @register_kernel
 class EmbeddingKernel(LayerKernel):
+    parameters = ("weight",)
     module_type = nn.Embedding
 
     def capture(self, layer: nn.Embedding, sink: Sink, index: Tensor) -> Tensor:

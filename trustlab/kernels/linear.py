@@ -223,6 +223,7 @@ def linear_records(records: list[Record]) -> tuple[Tensor, Tensor]:
 
 @register_kernel
 class LinearKernel(LayerKernel):
+    parameters = ("weight", "bias")
     module_type = nn.Linear
 
     def capture(self, layer: nn.Linear, sink: Sink, x: Tensor) -> Tensor:

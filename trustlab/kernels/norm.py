@@ -171,6 +171,8 @@ def triton_affine_grads(xhat: Tensor, g: Tensor, block: int = 32) -> tuple[Tenso
 class _AffineKernel(LayerKernel):
     """Shared logic of the normalisation layers: per-sample grads are formed directly."""
 
+    parameters = ("weight", "bias")
+
     def per_sample_grads(self, layer: nn.Module, records: list[Record]) -> dict[str, Tensor]:
         wgrad = sum(r.a for r in records)  # a layer used several times: its calls add up
         bgrad = sum(r.g for r in records)

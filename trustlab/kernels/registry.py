@@ -42,10 +42,13 @@ class LayerKernel:
     # whether the kernel runs the layer's own forward (any subclass is then covered); a kernel
     # that computes ``module_type``'s function itself covers no subclass overriding forward
     runs_own_forward = False
+    # the names of the parameters it computes gradients for; None: all the layer's own
+    parameters: tuple[str, ...] | None = None
 
     def param_names(self, layer: nn.Module) -> list[str]:
         """Names of the layer's trainable parameters this kernel produces gradients for."""
-        return [n for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
+        return [n for n, p in layer.named_parameters(recurse=False)
+                if p.requires_grad and (self.parameters is None or n in self.parameters)]
 
     def capture(self, layer: nn.Module, sink: Sink, *args: Any, **kwargs: Any) -> Tensor:
         """The layer's forward, with its backward reporting a :class:`Record` to ``sink``."""

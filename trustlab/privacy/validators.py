@@ -75,7 +75,14 @@ def _problem(layer: nn.Module) -> tuple[str, str] | None:
                 f"computes {base.__name__}'s own function (it would train a different model)",
                 f"compute the extra outside the layer, or trustlab.kernels."
                 f"register_vmap_kernel({type(layer).__name__})")
-    if own and kernel_for(layer) is None:
+    kernel = kernel_for(layer)
+    if kernel is not None and (uncovered := sorted(set(own) - set(kernel.param_names(layer)))):
+        return (f"its parameters {uncovered} are not ones the {type(layer).__name__} kernel "
+                f"computes gradients for ({', '.join(kernel.parameters or ())}): a hook or "
+                "reparametrisation (old-style weight_norm) makes the weight from them, and they "
+                "would get noise only", "train the plain weight (torch.nn.utils."
+                "remove_weight_norm)")
+    if own and kernel is None:
         return (f"it holds trainable parameters {own} and trustlab has no per-sample-gradient "
                 "kernel for it", "build it from nn.Linear/Conv1d-3d/Embedding/EmbeddingBag/"
                 "LayerNorm/RMSNorm/GroupNorm/InstanceNorm, freeze those parameters, register a "
