@@ -91,7 +91,7 @@ def direct_sq_norms(a: Tensor, g: Tensor) -> Tensor:
 
 def weighted_weight_sum(a: Tensor, g: Tensor, weights: Tensor) -> Tensor:
     """``sum_i w_i g_i^T a_i`` as one GEMM, rescaling whichever of ``a``/``g`` is smaller;
-    (B, T, ·) sequences or (B, ·) single rows, ``weights`` in their dtype."""
+    (B, T, ·) sequences or (B, ·) single rows, ``weights`` in ``g``'s dtype."""
     w = weights.view(-1, *[1] * (g.dim() - 1))
     if g.shape[-1] <= a.shape[-1]:
         g = g * w

@@ -82,19 +82,18 @@ def kernel_for(layer: nn.Module) -> LayerKernel | None:
     """The kernel registered for ``type(layer)`` (exact type first, then base classes); None
     for a subclass that overrides the forward of the class a kernel computes itself (its
     function is not that class's). A tracked layer is looked up by the class it stands for."""
+    cls = registered_base(layer)
+    if cls is None:
+        return None
+    kernel = _KERNELS[cls]
     layer_cls = getattr(type(layer), "untapped_class", type(layer))
-    for cls in layer_cls.__mro__:
-        if cls in _KERNELS:
-            kernel = _KERNELS[cls]
-            return kernel if kernel.runs_own_forward or layer_cls.forward is cls.forward else None
-    return None
+    return kernel if kernel.runs_own_forward or layer_cls.forward is cls.forward else None
 
 
-def overridden_kernel_class(layer: nn.Module) -> type[nn.Module] | None:
-    """The class with a kernel whose forward ``layer``'s class overrides (so it has none)."""
+def registered_base(layer: nn.Module) -> type[nn.Module] | None:
+    """The nearest class of ``layer`` (itself or a base) that a kernel is registered for."""
     layer_cls = getattr(type(layer), "untapped_class", type(layer))
-    return next((cls for cls in layer_cls.__mro__ if cls in _KERNELS), None) \
-        if kernel_for(layer) is None else None
+    return next((cls for cls in layer_cls.__mro__ if cls in _KERNELS), None)
 
 
 def supported_types() -> list[type[nn.Module]]:

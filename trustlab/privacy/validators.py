@@ -9,7 +9,7 @@ from typing import Callable
 from torch import nn
 
 from trustlab.errors import ConfigError
-from trustlab.kernels import VmapKernel, kernel_for, overridden_kernel_class
+from trustlab.kernels import VmapKernel, kernel_for, registered_base
 from trustlab.privacy.layers import DPGRU, DPLSTM, DPRNN, DPMultiheadAttention
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -64,30 +64,38 @@ def _problem(layer: nn.Module) -> tuple[str, str] | None:
         return ("its running statistics average the training data with no noise (released with "
                 "the model, they leak it) and DP training does not update them",
                 "build it with track_running_stats=False")
-    if isinstance(kernel_for(layer), VmapKernel) and (nested := [
-            n for n, p in layer.named_parameters() if p.requires_grad and "." in n]):
-        return (f"it is registered with register_vmap_kernel but holds trainable sub-layers "
-                f"({', '.join(nested)}), which that kernel cannot see",
-                "register the layers that hold the parameters themselves")
+    return _kernel_problem(layer)
+
+
+def _kernel_problem(layer: nn.Module) -> tuple[str, str] | None:
+    """(why, fix) when no kernel computes the gradients of exactly ``layer``'s own trainable
+    parameters, else None."""
     own = [n for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
-    if own and (base := overridden_kernel_class(layer)) is not None:
+    kernel = kernel_for(layer)
+    if kernel is None and own and (base := registered_base(layer)) is not None:
         return (f"it overrides the forward of nn.{base.__name__}, whose kernel "
                 f"computes {base.__name__}'s own function (it would train a different model)",
                 f"compute the extra outside the layer, or trustlab.kernels."
                 f"register_vmap_kernel({type(layer).__name__})")
-    kernel = kernel_for(layer)
-    if kernel is not None and (uncovered := sorted(set(own) - set(kernel.param_names(layer)))):
-        return (f"its parameters {uncovered} are not ones the {type(layer).__name__} kernel "
-                f"computes gradients for ({', '.join(kernel.parameters or ())}): a hook or "
-                "reparametrisation (old-style weight_norm) makes the weight from them, and they "
-                "would get noise only", "train the plain weight (torch.nn.utils."
-                "remove_weight_norm)")
-    if own and kernel is None:
+    if kernel is None and own:
         return (f"it holds trainable parameters {own} and trustlab has no per-sample-gradient "
                 "kernel for it", "build it from nn.Linear/Conv1d-3d/Embedding/EmbeddingBag/"
                 "LayerNorm/RMSNorm/GroupNorm/InstanceNorm, freeze those parameters, register a "
                 "LayerKernel with trustlab.kernels.register_kernel, or (a layer that treats "
                 "each sample on its own) trustlab.kernels.register_vmap_kernel(its class)")
+    if kernel is None:
+        return None
+    if isinstance(kernel, VmapKernel) and (nested := [
+            n for n, p in layer.named_parameters() if p.requires_grad and "." in n]):
+        return (f"it is registered with register_vmap_kernel but holds trainable sub-layers "
+                f"({', '.join(nested)}), which that kernel cannot see",
+                "register the layers that hold the parameters themselves")
+    if uncovered := sorted(set(own) - set(kernel.param_names(layer))):
+        return (f"its parameters {uncovered} are not ones the {type(layer).__name__} kernel "
+                f"computes gradients for ({', '.join(kernel.parameters or ())}): a hook or "
+                "reparametrisation (old-style weight_norm) makes the weight from them, and they "
+                "would get noise only", "train the plain weight (torch.nn.utils."
+                "remove_weight_norm)")
     return None
 
 
