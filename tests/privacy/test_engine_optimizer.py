@@ -358,3 +358,10 @@ def test_calibrated_noise_meets_target_epsilon():
     steps = int(5 / loader.sample_rate)
     eps = compute_epsilon(opt.noise_multiplier, loader.sample_rate, steps, 1e-5)
     assert 1.95 <= eps <= 2.0
+
+
+def test_detach_twice_leaves_the_layers_as_they_were():
+    model, opt, _ = _setup()
+    opt.detach()
+    opt.detach()  # used to make each layer an nn.Module (the tapped class's second base)
+    assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear

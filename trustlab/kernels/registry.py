@@ -86,14 +86,17 @@ def kernel_for(layer: nn.Module) -> LayerKernel | None:
     if cls is None:
         return None
     kernel = _KERNELS[cls]
-    layer_cls = getattr(type(layer), "untapped_class", type(layer))
-    return kernel if kernel.runs_own_forward or layer_cls.forward is cls.forward else None
+    return kernel if kernel.runs_own_forward or _own_class(layer).forward is cls.forward else None
 
 
 def registered_base(layer: nn.Module) -> type[nn.Module] | None:
     """The nearest class of ``layer`` (itself or a base) that a kernel is registered for."""
-    layer_cls = getattr(type(layer), "untapped_class", type(layer))
-    return next((cls for cls in layer_cls.__mro__ if cls in _KERNELS), None)
+    return next((cls for cls in _own_class(layer).__mro__ if cls in _KERNELS), None)
+
+
+def _own_class(layer: nn.Module) -> type[nn.Module]:
+    """``layer``'s class, or while the DP engine tracks it, the class its tapped one stands for."""
+    return getattr(type(layer), "untapped_class", type(layer))
 
 
 def supported_types() -> list[type[nn.Module]]:

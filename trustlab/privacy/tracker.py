@@ -148,7 +148,7 @@ class GradSampleTracker:
     def detach(self) -> None:
         for layer in self.layers:
             _TRACKERS.pop(layer, None)
-            layer.__class__ = layer.__class__.__mro__[1]
+            layer.__class__ = getattr(layer.__class__, "untapped_class", layer.__class__)
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
