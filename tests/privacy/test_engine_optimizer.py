@@ -365,3 +365,71 @@ def test_detach_twice_leaves_the_layers_as_they_were():
     opt.detach()
     opt.detach()  # used to make each layer an nn.Module (the tapped class's second base)
     assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear
+
+
+class _Positions(nn.Module):
+    """Tokens plus a learned position embedding, positions as GPT-style code writes them."""
+
+    def __init__(self, expand: bool) -> None:
+        super().__init__()
+        self.tok, self.pos, self.head = nn.Embedding(7, 4), nn.Embedding(5, 4), nn.Linear(4, 3)
+        self.expand = expand
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(idx.shape[1])
+        if self.expand:  # one row of positions per sample
+            positions = positions.expand(idx.shape[0], -1)
+        return self.head((self.tok(idx) + self.pos(positions)).mean(1))
+
+
+class _TimeFirst(nn.Module):
+    """A Linear run on the time-first view of a (B, T, ·) batch: its rows are time steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.enc(x.transpose(0, 1)))).mean(0)
+
+
+@pytest.mark.parametrize("model", [_Positions(expand=False), _TimeFirst()],
+                         ids=["positions_without_batch", "time_first"])
+def test_a_layer_input_whose_rows_are_not_samples_is_refused(model):
+    """Rows of a layer input that are not the model's samples would each be clipped as a
+    sample: no sample's share bounded. Refused, naming the layer; nothing recorded."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 7, (3, 5)) if isinstance(model, _Positions) else torch.randn(3, 5, 4)
+    data = TensorDataset(x, torch.randint(0, 3, (3,)))
+    model, opt, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                 DataLoader(data, batch_size=3), noise_multiplier=1.0,
+                                 max_grad_norm=1.0, target_delta=1e-5, poisson_sampling=False)
+    with pytest.raises(TrustlabError, match=r"layer '(pos|head)' got an input whose first dim "
+                                            r"is 5, but the model's input batch is 3"):
+        F.cross_entropy(model(x), data.tensors[1]).backward()
+    assert not opt.tracker.records and not opt.tracker.summed
+
+
+def test_positions_expanded_over_the_batch_match_the_reference():
+    from dp_reference import assert_close_sums, engine_clipped_sum, reference_clipped_sum
+    torch.manual_seed(0)
+    model, x, y = _Positions(expand=True).double(), torch.randint(0, 7, (3, 5)), \
+        torch.randint(0, 3, (3,))
+    want, _ = reference_clipped_sum(model, x, y, F.cross_entropy, 0.5)
+    got, _ = engine_clipped_sum(model, x, y, F.cross_entropy, 0.5)
+    assert_close_sums(got, want)
+
+
+def test_a_batch_second_root_module_is_checked_on_its_batch_dim():
+    """A DPLSTM(batch_first=False) given to make_private itself: its input's dim 1 is the
+    batch, and its cells see the batch first (no false refusal)."""
+    from trustlab.privacy import DPLSTM
+    torch.manual_seed(0)
+    lstm = DPLSTM(3, 4)
+    data = TensorDataset(torch.randn(6, 5, 3))
+    lstm, opt, _ = make_private(lstm, torch.optim.SGD(lstm.parameters(), lr=0.1),
+                                DataLoader(data, batch_size=6), noise_multiplier=1.0,
+                                max_grad_norm=1.0, target_delta=1e-5, poisson_sampling=False)
+    out, _ = lstm(torch.randn(5, 6, 3))  # (T=5, B=6, ·)
+    out.pow(2).sum().backward()
+    assert opt.tracker.samples == 6

@@ -32,6 +32,8 @@ from trustlab.kernels import (LayerKernel, Record, automatic_factors, clip_facto
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
 _TAPPED_CLASSES: dict[type, type] = {}
+# the modules given to make_private: their forward notes the input batch for their tracker
+_ROOTS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
 CLIPPING_STYLES = ("flat", "per_layer", "automatic")
 
 
@@ -129,7 +131,11 @@ class GradSampleTracker:
         self._awaited: dict[nn.Module, weakref.WeakSet] = {}
         self._never_early: set[nn.Module] = set(self.shared)
         self._early = _EarlyClipped()
-        self._hooks: list = []  # on the parameters while attached
+        self._hooks: list = []  # on the parameters (and the module's forward) while attached
+        self.module = module
+        # the batch sizes of the module's inputs since the last flush: every record's first dim
+        # must be one of them (a row that is not a sample would be clipped as one)
+        self._input_batches: set[int] = set()
         # each layer's parameters' gradient-accumulator nodes while attached (held: autograd
         # then reuses them, and looking them up is not paid per backward pass)
         self._grad_nodes: dict[nn.Module, list] = {}
@@ -142,10 +148,14 @@ class GradSampleTracker:
         self._hooks = [p.register_hook(self._untapped_use(f"{name}.{n}"))
                        for layer, name in self.layers.items()
                        for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
+        _ROOTS[self.module] = self
+        self._hooks.append(self.module.register_forward_pre_hook(_note_input_batch,
+                                                                 with_kwargs=True))
         self._grad_nodes = {layer: [get_gradient_edge(p).node for p in params]
                             for layer, params in self.params.items()}
 
     def detach(self) -> None:
+        _ROOTS.pop(self.module, None)
         for layer in self.layers:
             _TRACKERS.pop(layer, None)
             layer.__class__ = getattr(layer.__class__, "untapped_class", layer.__class__)
@@ -153,6 +163,23 @@ class GradSampleTracker:
             hook.remove()
         self._hooks = []
         self._grad_nodes = {}
+
+    def _check_rows_are_samples(self, layer: nn.Module, record: Record) -> None:
+        """Refuse a record whose first dim is not the model's batch: its rows are not samples
+        (a sequence-first tensor, positions ``arange(T)`` with no batch dim, a batch folded
+        into rows), and clipping them as samples would not bound any one sample's share."""
+        if not self._input_batches or record.batch_size in self._input_batches:
+            return
+        batch = " or ".join(str(b) for b in sorted(self._input_batches))
+        self._abort_pass()
+        raise TrustlabError(
+            f"layer {self.layers[layer]!r} got an input whose first dim is "
+            f"{record.batch_size}, but the model's input batch is {batch}: per-sample clipping "
+            "needs the batch in dim 0 of every layer's input, one row per sample. A "
+            "sequence-first tensor: build the model with batch_first=True or transpose; "
+            "positions embedded from torch.arange(T): expand them over the batch first "
+            "(pos(torch.arange(T).expand(B, T))); samples split into several rows: keep one "
+            "row per sample. No update was applied")
 
     def _untapped_use(self, name: str) -> Callable[[Tensor | None], None]:
         def refuse(grad: Tensor | None) -> None:
@@ -185,6 +212,7 @@ class GradSampleTracker:
         self.records.clear()
         self._early = _EarlyClipped()
         self._callback_queued = False
+        self._input_batches.clear()
 
     def _make_sink(self, layer: nn.Module) -> Callable[[Record], None]:
         def sink(record: Record) -> None:
@@ -197,6 +225,7 @@ class GradSampleTracker:
                     f"layer {self.layers[layer]!r} was backpropagated twice through one forward "
                     "pass (backward with retain_graph=True) before optimizer.step(): its samples "
                     "would be clipped and counted twice. Add the losses and call backward once")
+            self._check_rows_are_samples(layer, record)
             if node is not None:
                 self._recorded_nodes.add(node)
             if layer in self._early.norms:  # never: its uses were all recorded already
@@ -242,6 +271,7 @@ class GradSampleTracker:
     def flush(self) -> None:
         """Clip the pending records' samples and add their clipped sums to ``summed``."""
         self._callback_queued = False
+        self._input_batches.clear()
         pending, self.records = self.records, {}
         early, self._early = self._early, _EarlyClipped()
         if not pending and not early.norms:
@@ -384,6 +414,20 @@ class _EarlyClipped:
     batches: set[int] = dataclasses.field(default_factory=set)
     norms: dict[nn.Module, Tensor] = dataclasses.field(default_factory=dict)
     sums: dict[Tensor, Tensor] = dataclasses.field(default_factory=dict)
+
+
+def _note_input_batch(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of the module given to make_private: its tracker notes the batch size
+    of a forward pass that records (the first tensor argument's dim 0, or dim 1 for a module
+    built with ``batch_first=False``). A module-level function, so that a deep copy of the
+    module carries no tracker (the copy is not in ``_ROOTS``: the hook does nothing)."""
+    tracker = _ROOTS.get(module)
+    if tracker is None or not torch.is_grad_enabled():
+        return
+    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, Tensor)), None)
+    dim = 1 if getattr(module, "batch_first", True) is False else 0
+    if first is not None and first.dim() > dim:
+        tracker._input_batches.add(first.shape[dim])
 
 
 def _computes_gradient_of(grad_nodes: list) -> bool:
