@@ -433,3 +433,22 @@ def test_a_batch_second_root_module_is_checked_on_its_batch_dim():
     out, _ = lstm(torch.randn(5, 6, 3))  # (T=5, B=6, ·)
     out.pow(2).sum().backward()
     assert opt.tracker.samples == 6
+
+
+def test_an_optimizer_parameter_outside_the_model_is_refused():
+    """A learnable loss temperature kept beside the model gets no per-sample gradient: every
+    step would have set it to noise alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 2))
+    temperature = nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([{"params": model.parameters()}, {"params": [temperature]}], lr=0.1)
+    loader = DataLoader(TensorDataset(torch.randn(8, 5), torch.randint(0, 2, (8,))),
+                        batch_size=4)
+    with pytest.raises(ConfigError, match=r"not in the model: param_groups\[1\]\[0\] "
+                                          r"\(shape \(1,\)\)"):
+        make_private(model, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0,
+                     target_delta=1e-5)
+    assert type(model[0]) is nn.Linear  # refused before anything was tapped
+    temperature.requires_grad_(False)  # frozen: nothing to train, accepted
+    make_private(model, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0,
+                 target_delta=1e-5)

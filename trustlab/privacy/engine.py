@@ -59,6 +59,7 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     place.
     """
     validate(module)
+    _check_optimizer(module, optimizer)
     _check_options(data_loader, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
                    epochs=epochs, poisson_sampling=poisson_sampling, distributed=distributed,
                    secure_mode=secure_mode, noise_seed=noise_seed, clipping=clipping)
@@ -112,6 +113,23 @@ def _check_options(data_loader: DataLoader, *, noise_multiplier: float | None,
                           "to prevent: give one or the other")
     if len(data_loader) == 0:
         raise ConfigError("the data loader yields no batches: its dataset is empty")
+
+
+def _check_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimizer that trains parameters outside ``module``: no layer records their
+    per-sample gradients, so each step would set them to noise alone."""
+    inside = {id(p) for p in module.parameters()}
+    outside = [f"param_groups[{g}][{i}] (shape {tuple(p.shape)})"
+               for g, group in enumerate(optimizer.param_groups)
+               for i, p in enumerate(group["params"]) if p.requires_grad and id(p) not in inside]
+    if outside:
+        raise ConfigError(
+            f"the optimizer trains parameters that are not in the model: {', '.join(outside)}. "
+            "DP training computes per-sample gradients only for the model's layers, so step() "
+            "would update these with noise alone. Make them part of a layer of the model (a "
+            "learnable loss temperature: an nn.Module inside the model), or leave them out of "
+            "the optimizer; an optimizer built before fix(model) holds the replaced layers' "
+            "parameters: build it after")
 
 
 def _random_sources(data_loader: DataLoader, distributed: bool, secure_mode: bool,
