@@ -452,3 +452,26 @@ def test_an_optimizer_parameter_outside_the_model_is_refused():
     temperature.requires_grad_(False)  # frozen: nothing to train, accepted
     make_private(model, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0,
                  target_delta=1e-5)
+
+
+def test_moving_the_model_after_make_private_still_records():
+    """model.double() (or .to(device)) after make_private gives the parameters new gradient
+    accumulators; every pass used to look like an input-gradient pass: noise-only steps."""
+    def train(convert_after: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+        if not convert_after:
+            model.double()
+        data = TensorDataset(torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,)))
+        model, opt, loader = make_private(model, torch.optim.SGD(model.parameters(), lr=0.5),
+                                          DataLoader(data, batch_size=8), noise_multiplier=0.0,
+                                          max_grad_norm=1.0, target_delta=1e-5,
+                                          poisson_sampling=False)
+        if convert_after:
+            model.double()
+        train_steps(model, opt, loader)
+        assert opt.samples_seen == 16
+        return [p.detach() for p in model.parameters()]
+
+    for after, before in zip(train(convert_after=True), train(convert_after=False)):
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-12)

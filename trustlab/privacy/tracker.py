@@ -216,8 +216,8 @@ class GradSampleTracker:
 
     def _make_sink(self, layer: nn.Module) -> Callable[[Record], None]:
         def sink(record: Record) -> None:
-            if not _computes_gradient_of(self._grad_nodes[layer]):  # an input-gradient pass
-                return  # (an attack, a saliency map): recording it would count samples twice
+            if not self._trains(layer):  # an input-gradient pass (an attack, a saliency
+                return  # map): recording it would count samples twice
             node = torch._C._current_autograd_node()
             if node in self._recorded_nodes:
                 self._abort_pass()
@@ -239,6 +239,15 @@ class GradSampleTracker:
             if self._last_awaited(layer, node):
                 self._clip_early(layer)
         return sink
+
+    def _trains(self, layer: nn.Module) -> bool:
+        """Whether the running backward pass computes a gradient of ``layer``'s parameters.
+        The accumulator nodes held since attach are renewed when they say no: moving the model
+        (``model.to(dtype or device)``) gives its parameters new ones."""
+        if _computes_gradient_of(self._grad_nodes[layer]):
+            return True
+        self._grad_nodes[layer] = [get_gradient_edge(p).node for p in self.params[layer]]
+        return _computes_gradient_of(self._grad_nodes[layer])
 
     def _last_awaited(self, layer: nn.Module, node: Any) -> bool:
         """Whether ``node`` was the last capture of ``layer`` awaiting its record."""
