@@ -475,3 +475,23 @@ def test_moving_the_model_after_make_private_still_records():
 
     for after, before in zip(train(convert_after=True), train(convert_after=False)):
         torch.testing.assert_close(after, before, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("clipping", ["flat", "per_layer"])
+def test_a_noise_or_bound_schedule_changes_the_noise_and_the_accounting(clipping):
+    """Opacus's schedulers set optimizer.noise_multiplier / max_grad_norm: the noise added
+    must follow what the accountant is told (it stayed at the first σ: ε under-reported)."""
+    model, opt, _ = _setup(noise_multiplier=0.5, max_grad_norm=1.0, poisson_sampling=False,
+                           clipping=clipping)
+    opt.noise_multiplier, opt.max_grad_norm = 2.0, 0.6
+    draws = []
+    for _ in range(40):
+        opt.zero_grad()
+        opt.step()
+        draws += [p.grad.flatten() * opt.expected_batch_size for p in model.parameters()]
+    noise = torch.cat(draws)
+    assert abs(noise.std().item() / (2.0 * 0.6) - 1) < 4 / (2 * noise.numel()) ** 0.5
+    assert opt.accountant.history[-1][0] == 2.0
+    if clipping == "per_layer":  # each group's bound scaled alike: their norm is the new C
+        bounds = opt.tracker.layer_bounds.values()
+        assert abs(sum(b * b for b in bounds) ** 0.5 - 0.6) < 1e-12

@@ -30,11 +30,8 @@ class DPOptimizer(torch.optim.Optimizer):
                  adaptive: AdaptiveClipping | None = None) -> None:
         self.original_optimizer = optimizer
         self.tracker = tracker
-        self.noise_multiplier = float(noise_multiplier)  # what the accountant is told
         self.adaptive = adaptive
-        # the gradient's own multiplier: σ, or more when the clipped count also gets noise
-        self.gradient_noise_multiplier = (self.noise_multiplier if adaptive is None else
-                                          adaptive.gradient_noise_multiplier(noise_multiplier))
+        self.noise_multiplier = noise_multiplier  # what the accountant is told (a property)
         self.expected_batch_size = float(expected_batch_size)
         self.sample_rate = float(sample_rate)
         self.accountant_name = accountant
@@ -66,8 +63,27 @@ class DPOptimizer(torch.optim.Optimizer):
         return self.original_optimizer.defaults
 
     @property
+    def noise_multiplier(self) -> float:
+        """σ, what the accountant is told each step; settable (a noise schedule, as Opacus's
+        ``opacus.schedulers`` do): the noise added follows."""
+        return self._noise_multiplier
+
+    @noise_multiplier.setter
+    def noise_multiplier(self, value: float) -> None:
+        self._noise_multiplier = float(value)
+        # the gradient's own multiplier: σ, or more when the clipped count also gets noise
+        self.gradient_noise_multiplier = (
+            self._noise_multiplier if self.adaptive is None
+            else self.adaptive.gradient_noise_multiplier(self._noise_multiplier))
+
+    @property
     def max_grad_norm(self) -> float:
+        """The clipping bound C (the noise's scale is σ·C); settable (a bound schedule)."""
         return self.tracker.max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value: float) -> None:
+        self.tracker.set_max_grad_norm(value)
 
     def params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
@@ -119,7 +135,7 @@ class DPOptimizer(torch.optim.Optimizer):
         self.tracker.reset()
         self.original_optimizer.step()
         if self.adaptive is not None:
-            self.tracker.max_grad_norm = self.adaptive.next_bound(
+            self.max_grad_norm = self.adaptive.next_bound(
                 self.max_grad_norm, unclipped, samples, self._count_noise(),
                 self.expected_batch_size)
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
@@ -190,7 +206,7 @@ class DPOptimizer(torch.optim.Optimizer):
         self.original_optimizer.load_state_dict(state_dict["optimizer"])
         self.accountant.load_state_dict(privacy["accountant"])
         self.steps, self.samples_seen = int(privacy["steps"]), int(privacy["samples_seen"])
-        self.tracker.max_grad_norm = float(privacy.get("max_grad_norm", self.max_grad_norm))
+        self.max_grad_norm = float(privacy.get("max_grad_norm", self.max_grad_norm))
         if self.generator is not None:
             self.generator.set_state(generator)
 

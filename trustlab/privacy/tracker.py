@@ -140,6 +140,15 @@ class GradSampleTracker:
         # then reuses them, and looking them up is not paid per backward pass)
         self._grad_nodes: dict[nn.Module, list] = {}
 
+    def set_max_grad_norm(self, bound: float) -> None:
+        """A new bound C; per-layer clipping scales every group's bound by the same factor (their
+        norm, the sensitivity, becomes C)."""
+        bound = _positive_bound(bound)
+        if self.layer_bounds is not None:
+            factor = bound / self.max_grad_norm
+            self.layer_bounds = {g: b * factor for g, b in self.layer_bounds.items()}
+        self.max_grad_norm = bound
+
     def attach(self) -> None:
         for layer in self.layers:
             _TRACKERS[layer] = self
