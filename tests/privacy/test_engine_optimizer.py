@@ -495,3 +495,25 @@ def test_a_noise_or_bound_schedule_changes_the_noise_and_the_accounting(clipping
     if clipping == "per_layer":  # each group's bound scaled alike: their norm is the new C
         bounds = opt.tracker.layer_bounds.values()
         assert abs(sum(b * b for b in bounds) ** 0.5 - 0.6) < 1e-12
+
+
+def test_stepping_parameters_no_layer_records_is_refused():
+    """A layer frozen when make_private ran and unfrozen later, or a parameter group added
+    after: no per-sample gradients, so the step would set them to noise alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
+    model[0].requires_grad_(False)
+    model[2].bias.requires_grad_(False)
+    data = TensorDataset(torch.randn(8, 5), torch.randint(0, 2, (8,)))
+    model, opt, loader = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                      DataLoader(data, batch_size=4), noise_multiplier=1.0,
+                                      max_grad_norm=1.0, target_delta=1e-5,
+                                      poisson_sampling=False)
+    model[2].bias.requires_grad_(True)  # its layer is tapped: its records cover it
+    train_steps(model, opt, loader)
+    model[0].requires_grad_(True)  # its layer was not tapped
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TrustlabError, match=r"parameters 0.weight, 0.bias are trainable, but "
+                                            r"no layer records"):
+        train_steps(model, opt, loader)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))

@@ -119,6 +119,7 @@ class DPOptimizer(torch.optim.Optimizer):
         if self._accumulating:
             return loss
         params = self.params()
+        self._check_tracked(params)
         sums = [self.tracker.summed[p] if p in self.tracker.summed else torch.zeros_like(p)
                 for p in params]
         counts = [float(self.tracker.samples), float(self.tracker.unclipped)]
@@ -141,6 +142,22 @@ class DPOptimizer(torch.optim.Optimizer):
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         self.steps += 1
         return loss
+
+    def _check_tracked(self, params: list[Tensor]) -> None:
+        """Refuse to step trainable parameters no layer records per-sample gradients for:
+        frozen when make_private ran and unfrozen since, or added to the optimizer after; the
+        step would set them to noise alone."""
+        untracked = [p for p in params if p not in self.tracker.tracked]
+        if not untracked:
+            return
+        names = {p: n for n, p in self.tracker.module.named_parameters()}
+        listed = ", ".join(names.get(p, f"a tensor of shape {tuple(p.shape)}") for p in untracked)
+        raise TrustlabError(
+            f"parameters {listed} are trainable, but no layer records their per-sample "
+            "gradients: they were frozen when make_private ran, or added to the optimizer "
+            "after it. The step would set them to noise alone; no update was applied. Set "
+            "requires_grad and the optimizer's parameters before make_private (detach() this "
+            "optimizer and call it again)")
 
     def _count_noise(self) -> float:
         """One N(0, σ_b²) draw for adaptive clipping's count, from the noise's own source."""

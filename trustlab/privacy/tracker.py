@@ -95,10 +95,15 @@ class GradSampleTracker:
             self.params[layer] = params
             for p in params:
                 owners.setdefault(id(p), set()).add(layer)
-        tracked = [name for layer, name in self.layers.items() if layer in _TRACKERS]
-        if tracked:
+        # every parameter a tapped layer's kernel covers, frozen ones too (unfrozen later,
+        # its records give them gradients)
+        self.tracked = {p for layer, kernel in self.kernels.items()
+                        for n, p in layer.named_parameters(recurse=False)
+                        if kernel.parameters is None or n in kernel.parameters}
+        already = [name for layer, name in self.layers.items() if layer in _TRACKERS]
+        if already:
             raise ConfigError(
-                f"layers {tracked} are already private (make_private was called on this model "
+                f"layers {already} are already private (make_private was called on this model "
                 "before): call the earlier optimizer's detach() first, or make a fresh model")
         self.shared = {layer for layers in owners.values() if len(layers) > 1 for layer in layers}
         # clipping groups in the model's order: every layer on its own, and the layers that
