@@ -107,11 +107,31 @@ class ScaledLinear(nn.Linear):
 def test_a_subclass_overriding_a_kernels_forward_is_refused_then_covered_when_registered():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(5, 4), ScaledLinear(4, 3))
-    with pytest.raises(ConfigError, match=r"1 \(ScaledLinear\): it overrides the forward of "
-                                          r"nn.Linear.*register_vmap_kernel\(ScaledLinear\)"):
+    with pytest.raises(ConfigError, match=r"1 \(ScaledLinear\): it overrides nn.Linear's "
+                                          r"forward.*register_vmap_kernel\(ScaledLinear\)"):
         _private(model)
     register_vmap_kernel(ScaledLinear)
     check(model, torch.randn(6, 5), torch.randint(0, 3, (6,)))
+
+
+class StandardisedConv(nn.Conv2d):
+    """Weight standardisation in _conv_forward (forward is nn.Conv2d's): the Conv2d kernel,
+    which convolves with layer.weight itself, would train a plain convolution."""
+
+    def _conv_forward(self, x, weight, bias):
+        weight = (weight - weight.mean((1, 2, 3), keepdim=True)) / (
+            weight.std((1, 2, 3), keepdim=True) + 1e-5)
+        return super()._conv_forward(x, weight, bias)
+
+
+def test_a_conv_subclass_overriding_conv_forward_is_refused_then_covered_when_registered():
+    torch.manual_seed(4)
+    model = nn.Sequential(StandardisedConv(2, 3, 3), nn.Flatten(), nn.Linear(12, 3))
+    with pytest.raises(ConfigError, match=r"0 \(StandardisedConv\): it overrides nn.Conv2d's "
+                                          r"_conv_forward"):
+        _private(model)
+    register_vmap_kernel(StandardisedConv)
+    check(model, torch.randn(5, 2, 4, 4), torch.randint(0, 3, (5,)))
 
 
 def test_a_subclass_keeping_the_forward_keeps_the_kernel():

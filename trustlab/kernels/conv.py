@@ -236,6 +236,7 @@ def _bias_grads(records: list[Record]) -> Tensor:
 class Conv2dKernel(LayerKernel):
     parameters = ("weight", "bias")
     module_type = nn.Conv2d
+    function_methods = ("forward", "_conv_forward")  # padding modes live in _conv_forward
 
     def capture(self, layer: nn.Module, sink: Sink, x: Tensor) -> Tensor:
         x, padding = _explicit_padding(layer, x)

@@ -226,6 +226,7 @@ class InstanceNormKernel(_AffineKernel):
     validator refuses running statistics, which the tap does not update)."""
 
     module_type = nn.modules.instancenorm._InstanceNorm
+    function_methods = ("forward", "_apply_instance_norm")
 
     def capture(self, layer: nn.Module, sink: Sink, x: Tensor) -> Tensor:
         return _GroupNormTap.apply(x, layer.weight, layer.bias, layer.num_features, layer.eps,

@@ -40,8 +40,10 @@ class LayerKernel:
 
     module_type: type[nn.Module]
     # whether the kernel runs the layer's own forward (any subclass is then covered); a kernel
-    # that computes ``module_type``'s function itself covers no subclass overriding forward
+    # that computes ``module_type``'s function itself covers no subclass overriding one of
+    # ``function_methods``, the methods that define that function
     runs_own_forward = False
+    function_methods: tuple[str, ...] = ("forward",)
     # the names of the parameters it computes gradients for; None: all the layer's own
     parameters: tuple[str, ...] | None = None
 
@@ -80,13 +82,24 @@ def register_kernel(kernel_cls: type[LayerKernel]) -> type[LayerKernel]:
 
 def kernel_for(layer: nn.Module) -> LayerKernel | None:
     """The kernel registered for ``type(layer)`` (exact type first, then base classes); None
-    for a subclass that overrides the forward of the class a kernel computes itself (its
-    function is not that class's). A tracked layer is looked up by the class it stands for."""
+    for a subclass that overrides a method defining the function of the class a kernel
+    computes itself (:func:`overridden_methods`). A tracked layer is looked up by the class it
+    stands for."""
     cls = registered_base(layer)
-    if cls is None:
+    if cls is None or overridden_methods(layer):
         return None
-    kernel = _KERNELS[cls]
-    return kernel if kernel.runs_own_forward or _own_class(layer).forward is cls.forward else None
+    return _KERNELS[cls]
+
+
+def overridden_methods(layer: nn.Module) -> list[str]:
+    """The methods defining its registered base's function (forward, Conv's _conv_forward…)
+    that ``layer``'s class overrides, where the kernel computes that function itself: its
+    function is then not the one the kernel computes."""
+    cls = registered_base(layer)
+    if cls is None or _KERNELS[cls].runs_own_forward:
+        return []
+    own = _own_class(layer)
+    return [m for m in _KERNELS[cls].function_methods if getattr(own, m) is not getattr(cls, m)]
 
 
 def registered_base(layer: nn.Module) -> type[nn.Module] | None:

@@ -53,10 +53,11 @@ class DPMultiheadAttention(nn.Module):
                 weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
             biases = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None,) * 3
             for proj, w, b in zip((new.q_proj, new.k_proj, new.v_proj), weights, biases):
-                proj.weight.copy_(w)
+                _copy(proj.weight, w)
                 if b is not None:
-                    proj.bias.copy_(b)
-            new.out_proj.load_state_dict(mha.out_proj.state_dict())
+                    _copy(proj.bias, b)
+            for name, param in mha.out_proj.named_parameters():
+                _copy(getattr(new.out_proj, name), param)
         return new.train(mha.training)
 
     def to_module(self) -> nn.MultiheadAttention:
@@ -69,13 +70,14 @@ class DPMultiheadAttention(nn.Module):
         projections = (self.q_proj, self.k_proj, self.v_proj)
         with torch.no_grad():
             if same:
-                mha.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
+                _copy(mha.in_proj_weight, *(p.weight for p in projections))
             else:
                 for name, proj in zip("qkv", projections):
-                    getattr(mha, f"{name}_proj_weight").copy_(proj.weight)
+                    _copy(getattr(mha, f"{name}_proj_weight"), proj.weight)
             if mha.in_proj_bias is not None:
-                mha.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
-            mha.out_proj.load_state_dict(self.out_proj.state_dict())
+                _copy(mha.in_proj_bias, *(p.bias for p in projections))
+            for name, param in self.out_proj.named_parameters():
+                _copy(getattr(mha.out_proj, name), param)
         return mha.train(self.training)
 
     def _mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool,
@@ -168,11 +170,11 @@ class _DPRecurrent(nn.Module):
             for index, cell in enumerate(new.cells):
                 layer, direction = divmod(index, new.directions)
                 suffix = f"l{layer}" + ("_reverse" if direction else "")
-                cell.ih.weight.copy_(getattr(rnn, f"weight_ih_{suffix}"))
-                cell.hh.weight.copy_(getattr(rnn, f"weight_hh_{suffix}"))
+                _copy(cell.ih.weight, getattr(rnn, f"weight_ih_{suffix}"))
+                _copy(cell.hh.weight, getattr(rnn, f"weight_hh_{suffix}"))
                 if rnn.bias:
-                    cell.ih.bias.copy_(getattr(rnn, f"bias_ih_{suffix}"))
-                    cell.hh.bias.copy_(getattr(rnn, f"bias_hh_{suffix}"))
+                    _copy(cell.ih.bias, getattr(rnn, f"bias_ih_{suffix}"))
+                    _copy(cell.hh.bias, getattr(rnn, f"bias_hh_{suffix}"))
         return new.train(rnn.training)
 
     def to_module(self) -> nn.RNNBase:
@@ -184,11 +186,11 @@ class _DPRecurrent(nn.Module):
             for index, cell in enumerate(self.cells):
                 layer, direction = divmod(index, self.directions)
                 suffix = f"l{layer}" + ("_reverse" if direction else "")
-                getattr(rnn, f"weight_ih_{suffix}").copy_(cell.ih.weight)
-                getattr(rnn, f"weight_hh_{suffix}").copy_(cell.hh.weight)
+                _copy(getattr(rnn, f"weight_ih_{suffix}"), cell.ih.weight)
+                _copy(getattr(rnn, f"weight_hh_{suffix}"), cell.hh.weight)
                 if self.bias:
-                    getattr(rnn, f"bias_ih_{suffix}").copy_(cell.ih.bias)
-                    getattr(rnn, f"bias_hh_{suffix}").copy_(cell.hh.bias)
+                    _copy(getattr(rnn, f"bias_ih_{suffix}"), cell.ih.bias)
+                    _copy(getattr(rnn, f"bias_hh_{suffix}"), cell.hh.bias)
         return rnn.train(self.training)
 
     def _step(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -285,6 +287,13 @@ class DPGRU(_DPRecurrent):
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
         h = (1 - z) * torch.tanh(xn + r * hn) + z * h
         return h, h
+
+
+def _copy(dst: nn.Parameter, *sources: Tensor) -> None:
+    """``dst`` gets the values of ``sources`` (concatenated: a packed weight from its parts) and
+    stays trainable if any of them is (a frozen layer stays frozen once swapped)."""
+    dst.copy_(sources[0] if len(sources) == 1 else torch.cat(sources))
+    dst.requires_grad_(any(t.requires_grad for t in sources))
 
 
 def _settings(rnn: nn.RNNBase | _DPRecurrent) -> dict:

@@ -9,7 +9,7 @@ from typing import Callable
 from torch import nn
 
 from trustlab.errors import ConfigError
-from trustlab.kernels import VmapKernel, kernel_for, registered_base
+from trustlab.kernels import VmapKernel, kernel_for, overridden_methods, registered_base
 from trustlab.privacy.layers import DPGRU, DPLSTM, DPRNN, DPMultiheadAttention
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -18,37 +18,60 @@ _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
 def _batch_norm_fix(bn: nn.Module) -> nn.Module:
     channels = bn.num_features
     groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
-    norm = nn.GroupNorm(groups, channels, affine=bn.affine)
-    return norm.to(bn.weight) if bn.affine else norm
+    norm = nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine)
+    if bn.affine:
+        norm.to(bn.weight).requires_grad_(bn.weight.requires_grad)
+    return norm
 
 
-# module type -> (why it is unsupported, the fix in words, the replacement or None)
-_FIXES: dict[type, tuple[str, str, Callable[[nn.Module], nn.Module] | None]] = {
+_SAME = "(same function on padded batches, weights copied)"
+# module type -> (why it is unsupported, the fix in words, the replacement)
+_FIXES: dict[type, tuple[str, str, Callable[[nn.Module], nn.Module]]] = {
     nn.LSTM: ("its fused kernel keeps the weights out of reach of per-sample kernels",
-              "trustlab.privacy.fix(model) swaps in DPLSTM (same function, weights copied)",
-              DPLSTM.from_module),
+              f"model = trustlab.privacy.fix(model) swaps in DPLSTM {_SAME}", DPLSTM.from_module),
     nn.GRU: ("its fused kernel keeps the weights out of reach of per-sample kernels",
-             "trustlab.privacy.fix(model) swaps in DPGRU (same function, weights copied)",
-             DPGRU.from_module),
+             f"model = trustlab.privacy.fix(model) swaps in DPGRU {_SAME}", DPGRU.from_module),
     nn.RNN: ("its fused kernel keeps the weights out of reach of per-sample kernels",
-             "trustlab.privacy.fix(model) swaps in DPRNN (same function, weights copied)",
-             DPRNN.from_module),
+             f"model = trustlab.privacy.fix(model) swaps in DPRNN {_SAME}", DPRNN.from_module),
     nn.MultiheadAttention: (
         "its packed in_proj_weight is not a layer the kernels cover",
-        "trustlab.privacy.fix(model) swaps in DPMultiheadAttention (same function, weights "
-        "copied)", DPMultiheadAttention.from_module),
+        "model = trustlab.privacy.fix(model) swaps in DPMultiheadAttention (same function, "
+        "weights copied)", DPMultiheadAttention.from_module),
 }
+_CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+
+
+def _unfixable(layer: nn.Module) -> str | None:
+    """Why :func:`fix` has no exact replacement for a layer of a fixable type, else None."""
+    if isinstance(layer, nn.LSTM) and layer.proj_size:
+        return "proj_size"
+    if isinstance(layer, nn.MultiheadAttention) and (layer.bias_k is not None
+                                                     or layer.add_zero_attn):
+        return "add_bias_kv or add_zero_attn"
+    if isinstance(layer, _BATCH_NORMS) and isinstance(layer, nn.modules.lazy.LazyModuleMixin) \
+            and layer.has_uninitialized_params():
+        return "uninitialised lazy parameters (run one forward pass first)"
+    return None
 
 
 def _problem(layer: nn.Module) -> tuple[str, str] | None:
     """(why, fix) when ``layer`` cannot be trained with per-sample clipping, else None."""
     if isinstance(layer, _BATCH_NORMS):
-        return ("BatchNorm mixes the samples of a batch, so per-sample gradients do not exist",
-                "use GroupNorm or LayerNorm; trustlab.privacy.fix(model) swaps in GroupNorm "
-                "(retrain: it computes a different function)")
+        why = "BatchNorm mixes the samples of a batch, so per-sample gradients do not exist"
+        if (reason := _unfixable(layer)) is not None:
+            return why, f"use GroupNorm or LayerNorm (fix cannot swap a BatchNorm with {reason})"
+        return why, ("use GroupNorm or LayerNorm; model = trustlab.privacy.fix(model) swaps in "
+                     "GroupNorm (retrain: it computes a different function)")
     for cls, (why, how, _) in _FIXES.items():
         if type(layer) is cls:
+            if (reason := _unfixable(layer)) is not None:
+                return why, (f"build it without {reason} (its DP equivalent has no such "
+                             "option, so fix cannot swap it)")
             return why, how
+    if type(layer) in _CELLS:
+        return ("its fused cell kernel keeps the weights out of reach of per-sample kernels",
+                "run DPLSTM/DPGRU/DPRNN over the sequence (fix swaps whole nn.LSTM/GRU/RNN "
+                "layers), or write the cell from nn.Linear layers")
     if isinstance(layer, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer) \
             and not layer.self_attn.batch_first:
         return ("its Linear layers see (T, B, d) inputs, but per-sample gradients need the "
@@ -72,17 +95,22 @@ def _kernel_problem(layer: nn.Module) -> tuple[str, str] | None:
     parameters, else None."""
     own = [n for n, p in layer.named_parameters(recurse=False) if p.requires_grad]
     kernel = kernel_for(layer)
-    if kernel is None and own and (base := registered_base(layer)) is not None:
-        return (f"it overrides the forward of nn.{base.__name__}, whose kernel "
-                f"computes {base.__name__}'s own function (it would train a different model)",
+    if kernel is None and own and (methods := overridden_methods(layer)):
+        base = registered_base(layer).__name__  # type: ignore[union-attr]
+        return (f"it overrides nn.{base}'s {' and '.join(methods)}, but the {base} kernel "
+                f"computes nn.{base}'s own function (it would train a different model)",
                 f"compute the extra outside the layer, or trustlab.kernels."
                 f"register_vmap_kernel({type(layer).__name__})")
     if kernel is None and own:
+        nested = any(p.requires_grad for n, p in layer.named_parameters() if "." in n)
+        by_vmap = ("move those parameters into a module of their own and register it with "
+                   "trustlab.kernels.register_vmap_kernel (it takes no trainable sub-layers)"
+                   if nested else "(a layer that treats each sample on its own) "
+                   f"trustlab.kernels.register_vmap_kernel({type(layer).__name__})")
         return (f"it holds trainable parameters {own} and trustlab has no per-sample-gradient "
                 "kernel for it", "build it from nn.Linear/Conv1d-3d/Embedding/EmbeddingBag/"
                 "LayerNorm/RMSNorm/GroupNorm/InstanceNorm, freeze those parameters, register a "
-                "LayerKernel with trustlab.kernels.register_kernel, or (a layer that treats "
-                "each sample on its own) trustlab.kernels.register_vmap_kernel(its class)")
+                f"LayerKernel with trustlab.kernels.register_kernel, or {by_vmap}")
     if kernel is None:
         return None
     if isinstance(kernel, VmapKernel) and (nested := [
@@ -92,10 +120,13 @@ def _kernel_problem(layer: nn.Module) -> tuple[str, str] | None:
                 "register the layers that hold the parameters themselves")
     if uncovered := sorted(set(own) - set(kernel.param_names(layer))):
         return (f"its parameters {uncovered} are not ones the {type(layer).__name__} kernel "
-                f"computes gradients for ({', '.join(kernel.parameters or ())}): a hook or "
-                "reparametrisation (old-style weight_norm) makes the weight from them, and they "
-                "would get noise only", "train the plain weight (torch.nn.utils."
-                "remove_weight_norm)")
+                f"computes gradients for ({', '.join(kernel.parameters or ())}): a "
+                "reparametrisation makes the weight from them (old-style weight_norm: weight_g, "
+                "weight_v; pruning or old-style spectral_norm: weight_orig) or they were added "
+                "to the layer, and they would get noise only",
+                "remove the reparametrisation (torch.nn.utils.remove_weight_norm, "
+                "torch.nn.utils.prune.remove, torch.nn.utils.remove_spectral_norm) or move an "
+                "added parameter into a module of its own")
     return None
 
 
@@ -109,24 +140,57 @@ def validate(module: nn.Module) -> None:
 
 
 def fix(module: nn.Module) -> nn.Module:
-    """Replace fixable layers in place (and return the module); call before building the
-    optimizer, since the replacements are new parameters."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, _BATCH_NORMS):
-            setattr(module, name, _batch_norm_fix(child))
-        elif type(child) in _FIXES and _FIXES[type(child)][2] is not None:
-            setattr(module, name, _FIXES[type(child)][2](child))
-        else:
-            fix(child)
-    return module
+    """Replace the fixable layers (recurrent nets, multi-head attention, BatchNorm) and return
+    the module, or its replacement when it is one itself: ``model = fix(model)``. Frozen
+    parameters stay frozen; a layer registered in several places gets one replacement. Call
+    it before building the optimizer (the replacements are new parameters). Refuses, changing
+    nothing, when a fixable type has an option with no equivalent (see :func:`validate`)."""
+    unfixable = [f"  - {name or '<root>'} ({type(layer).__name__}): {reason}"
+                 for name, layer in module.named_modules()
+                 if _replacement(layer) is not None and (reason := _unfixable(layer))]
+    if unfixable:
+        raise ConfigError("fix cannot swap these layers (no DP equivalent of the option):\n"
+                          + "\n".join(unfixable))
+    fixed = _swap(module, _fixed, {})
+    for encoder in fixed.modules():  # its nested-tensor fast path needs nn.MultiheadAttention
+        if isinstance(encoder, nn.TransformerEncoder):
+            encoder.use_nested_tensor = False
+    return fixed
 
 
 def unfix(module: nn.Module) -> nn.Module:
-    """Undo :func:`fix` for the exact swaps (DP layers back to their PyTorch originals), so a
-    checkpoint loads into the architecture it was built from."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, DPLSTM | DPGRU | DPRNN | DPMultiheadAttention):
-            setattr(module, name, child.to_module())
-        else:
-            unfix(child)
+    """Undo :func:`fix` for the exact swaps (DP layers back to their PyTorch originals) and
+    return the module or its replacement, so a checkpoint loads into the architecture it was
+    built from."""
+    def original(layer: nn.Module) -> nn.Module | None:
+        if isinstance(layer, DPLSTM | DPGRU | DPRNN | DPMultiheadAttention):
+            return layer.to_module()
+        return None
+    return _swap(module, original, {})
+
+
+def _replacement(layer: nn.Module) -> Callable[[nn.Module], nn.Module] | None:
+    if isinstance(layer, _BATCH_NORMS):
+        return _batch_norm_fix
+    return _FIXES[type(layer)][2] if type(layer) in _FIXES else None
+
+
+def _fixed(layer: nn.Module) -> nn.Module | None:
+    replace = _replacement(layer)
+    return None if replace is None else replace(layer)
+
+
+def _swap(module: nn.Module, replace: Callable[[nn.Module], nn.Module | None],
+          memo: dict[nn.Module, nn.Module]) -> nn.Module:
+    """``module`` with every layer that ``replace`` maps to a new one swapped, depth first; a
+    layer registered in several places (or twice in one container) gets one replacement."""
+    if module in memo:
+        return memo[module]
+    new = replace(module)
+    memo[module] = module if new is None else new
+    if new is not None:
+        return new
+    for name, child in list(module._modules.items()):
+        if child is not None and (swapped := _swap(child, replace, memo)) is not child:
+            setattr(module, name, swapped)
     return module
