@@ -304,3 +304,33 @@ def test_ignore_index_samples_contribute_nothing():
     got, got_norms = engine_clipped_sum(model, x, y, loss, 1.0, loss_reduction="sum")
     assert_close_sums(got, want)
     assert got_norms[1] == 0 and got_norms[3] == 0
+
+
+class _Checkpointed(nn.Module):
+    """Reentrant activation checkpointing around the last layer (when ``reentrant``): its
+    backward runs in a nested pass that ends before the first layer is recorded."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.first, self.last = nn.Linear(5, 8), nn.Linear(8, 3)
+        self.reentrant = reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+        h = torch.tanh(self.first(x))
+        return checkpoint(self.last, h, use_reentrant=True) if self.reentrant else self.last(h)
+
+
+def test_reentrant_checkpointing_is_clipped_once_per_sample():
+    """The flush used to run at the end of the nested pass: each sample clipped in two parts,
+    each to C (up to sqrt(2) C), and counted twice. (The reference, torch.func, runs the same
+    model without checkpointing: it cannot trace the reentrant checkpoint.)"""
+    torch.manual_seed(0)
+    plain = _Checkpointed(reentrant=False).double()
+    checkpointed = _Checkpointed(reentrant=True).double()
+    checkpointed.load_state_dict(plain.state_dict())
+    x, y = torch.randn(8, 5) * 3, torch.randint(0, 3, (8,))
+    want, norms = reference_clipped_sum(plain, x, y, ce, 0.5)
+    got, got_norms = engine_clipped_sum(checkpointed, x, y, ce, 0.5)
+    assert_close_sums(got, want)
+    assert len(got_norms) == 8

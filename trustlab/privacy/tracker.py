@@ -249,7 +249,7 @@ class GradSampleTracker:
             self.records.setdefault(layer, []).append(record)
             if not self._callback_queued:  # clip once the whole backward pass is done
                 self._callback_queued = True
-                torch.autograd.Variable._execution_engine.queue_callback(self.flush)
+                torch.autograd.Variable._execution_engine.queue_callback(self._end_of_pass)
             if self._last_awaited(layer, node):
                 self._clip_early(layer)
         return sink
@@ -262,6 +262,23 @@ class GradSampleTracker:
             return True
         self._grad_nodes[layer] = [get_gradient_edge(p).node for p in self.params[layer]]
         return _computes_gradient_of(self._grad_nodes[layer])
+
+    def _end_of_pass(self) -> None:
+        """Flush at the end of the backward pass, the outermost one: a reentrant backward run
+        inside a node of an outer pass (``checkpoint(..., use_reentrant=True)``) ends while the
+        outer pass still has layers to record. It then defers to that node's end, where the
+        outer pass queues the flush again (a flush at the inner end clipped the two parts of
+        each sample apart, each to C, and counted the samples twice)."""
+        outer = torch._C._current_autograd_node()
+        if outer is None:
+            self.flush()
+            return
+        handles = []
+
+        def requeue(*_: Any) -> None:
+            handles.pop().remove()
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_pass)
+        handles.append(outer.register_hook(requeue))
 
     def _last_awaited(self, layer: nn.Module, node: Any) -> bool:
         """Whether ``node`` was the last capture of ``layer`` awaiting its record."""
