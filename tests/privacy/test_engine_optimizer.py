@@ -517,3 +517,32 @@ def test_stepping_parameters_no_layer_records_is_refused():
                                             r"no layer records"):
         train_steps(model, opt, loader)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_the_expected_batch_size_is_over_a_subset_samplers_split():
+    from torch.utils.data import SubsetRandomSampler
+    data = TensorDataset(torch.randn(100, 5), torch.randint(0, 2, (100,)))
+    loader = DataLoader(data, batch_size=5, sampler=SubsetRandomSampler(range(25)))
+    for poisson in (True, False):
+        model = nn.Linear(5, 2)
+        _, opt, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                                 noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5,
+                                 poisson_sampling=poisson)
+        assert opt.expected_batch_size == pytest.approx(5.0)  # q·N = 1/5 · 25, not 1/5 · 100
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter([(torch.randn(5), 0)] * 4)
+
+
+@pytest.mark.parametrize("loader, problem", [
+    (DataLoader(TensorDataset(torch.randn(4, 8, 5), torch.randint(0, 2, (4, 8))),
+                batch_size=None), "batch_size=None"),
+    (DataLoader(_Stream()), "map-style dataset"),
+], ids=["pre_batched", "iterable"])
+def test_loaders_without_a_known_sampling_rate_are_refused(loader, problem):
+    model = nn.Linear(5, 2)
+    with pytest.raises(ConfigError, match=problem):
+        make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                     noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5)

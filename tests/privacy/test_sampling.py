@@ -72,3 +72,45 @@ def test_a_weighted_sampler_replaced_by_poisson_sampling_is_said():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # shuffling alone is what Poisson sampling replaces
         PoissonDataLoader(DataLoader(data, batch_size=2, shuffle=True), generator=None)
+
+
+class _Records(torch.utils.data.Dataset):
+    """Samples as dicts (``as_dict``) or bare tensors."""
+
+    def __init__(self, as_dict: bool) -> None:
+        self.x, self.as_dict = torch.randn(30, 5), as_dict
+
+    def __len__(self) -> int:
+        return 30
+
+    def __getitem__(self, i: int):
+        return {"x": self.x[i], "label": i % 2} if self.as_dict else self.x[i]
+
+
+@pytest.mark.parametrize("as_dict", [True, False], ids=["dict", "bare_tensor"])
+def test_empty_batches_keep_the_structure_of_dict_and_bare_tensor_samples(as_dict):
+    """Built from dataset[0]'s fields, an empty batch of dict samples crashed and one of bare
+    tensors became a list of 5 empty tensors."""
+    loader = PoissonDataLoader(DataLoader(_Records(as_dict), batch_size=1),
+                               generator=torch.Generator().manual_seed(1))
+    batches = list(loader)
+    full = next(b for b in batches if len(b["x"] if as_dict else b))
+    empty = next(b for b in batches if not len(b["x"] if as_dict else b))
+    if as_dict:
+        assert set(empty) == {"x", "label"} and empty["x"].shape == (0, 5)
+        assert empty["label"].dtype == full["label"].dtype
+    else:
+        assert isinstance(empty, torch.Tensor) and empty.shape == (0, 5)
+
+
+def test_a_subset_sampler_keeps_its_split():
+    """A train split given as SubsetRandomSampler: Poisson batches used to come from the whole
+    dataset (validation rows trained on) at an expected size over all of it."""
+    from torch.utils.data import SubsetRandomSampler
+    data = TensorDataset(torch.arange(100))
+    train = list(range(0, 100, 4))  # 25 samples
+    loader = PoissonDataLoader(DataLoader(data, batch_size=5, sampler=SubsetRandomSampler(train)),
+                               generator=torch.Generator().manual_seed(0))
+    assert len(loader) == 5 and loader.sample_rate == pytest.approx(1 / 5)
+    seen = [int(i) for _ in range(40) for (batch,) in loader for i in batch]
+    assert set(seen) <= set(train) and len(seen) == pytest.approx(40 * 25, rel=0.1)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.accounting import calibrate_noise
@@ -21,7 +21,7 @@ from trustlab.privacy.adaptive import AdaptiveClipping
 from trustlab.privacy.distributed import (all_reduce_sums, require_group, shared_generator,
                                           shared_key, shared_seed)
 from trustlab.privacy.optimizer import DPOptimizer
-from trustlab.privacy.sampling import PoissonDataLoader, Sampling
+from trustlab.privacy.sampling import PoissonDataLoader, Sampling, population_size
 from trustlab.privacy.secure import KEY_BYTES, SecureRandom
 from trustlab.privacy.tracker import CLIPPING_STYLES, GradSampleTracker
 from trustlab.privacy.validators import validate
@@ -63,7 +63,7 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     _check_options(data_loader, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
                    epochs=epochs, poisson_sampling=poisson_sampling, distributed=distributed,
                    secure_mode=secure_mode, noise_seed=noise_seed, clipping=clipping)
-    n = len(data_loader.dataset)  # type: ignore[arg-type]
+    n = population_size(data_loader)
     sample_rate = 1 / len(data_loader)  # a sample's chance to be in a step's batch
     rank, world = require_group() if distributed else (0, 1)
     noise_seed, noise_random, sampling_source = _random_sources(data_loader, distributed,
@@ -111,6 +111,15 @@ def _check_options(data_loader: DataLoader, *, noise_multiplier: float | None,
     if secure_mode and noise_seed is not None:
         raise ConfigError("noise_seed makes the noise reproducible, which secure_mode exists "
                           "to prevent: give one or the other")
+    if isinstance(data_loader.dataset, IterableDataset):
+        raise ConfigError("DP-SGD needs a map-style dataset (indexable, with a length): the "
+                          "sampling rate, and so ε, is 1/len(data_loader) over a known number "
+                          "of samples, which an IterableDataset does not give")
+    if data_loader.batch_size is None and data_loader.batch_sampler is None:
+        raise ConfigError("the data loader has batch_size=None (a dataset of ready-made "
+                          "batches): the sampling rate and the expected batch size would be "
+                          "those of single samples. Give make_private a loader of samples with "
+                          "a batch_size")
     if len(data_loader) == 0:
         raise ConfigError("the data loader yields no batches: its dataset is empty")
 

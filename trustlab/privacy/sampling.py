@@ -13,13 +13,13 @@ numbers of steps, pair different steps' sums in the all-reduce, and the last one
 from __future__ import annotations
 
 import warnings
-from typing import Iterator
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator
 
 import torch
-from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from torch import Tensor
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset,
-                              RandomSampler, Sampler, SequentialSampler)
+                              RandomSampler, Sampler, SequentialSampler, SubsetRandomSampler)
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.secure import SecureRandom
@@ -27,15 +27,33 @@ from trustlab.privacy.secure import SecureRandom
 Sampling = torch.Generator | SecureRandom | None  # where the masks come from (None: torch's)
 
 
+def population(data_loader: DataLoader) -> list[int] | None:
+    """The dataset indices ``data_loader`` draws from: a ``SubsetRandomSampler``'s (a train
+    split of a larger dataset), else None (all of them)."""
+    for sampler in (data_loader.sampler, getattr(data_loader.batch_sampler, "sampler", None)):
+        if isinstance(sampler, SubsetRandomSampler):
+            return list(sampler.indices)
+    return None
+
+
+def population_size(data_loader: DataLoader) -> int:
+    """How many samples ``data_loader`` draws from (the N of the expected batch size q·N)."""
+    indices = population(data_loader)
+    return len(data_loader.dataset) if indices is None else len(indices)  # type: ignore
+
+
 class PoissonBatchSampler(Sampler[list[int]]):
-    """``steps`` batches of the indices ``i < num_samples`` drawn with probability
-    ``sample_rate`` each; with ``world_size > 1``, only those with ``i % world_size == rank``.
-    The draws come from ``generator``: torch's (None: the default one) or a ``SecureRandom``."""
+    """``steps`` batches of the ``num_samples`` indices (``0..num_samples-1``, or the given
+    ``indices``), each drawn with probability ``sample_rate``; with ``world_size > 1``, only
+    those at positions ``i % world_size == rank``. The draws come from ``generator``: torch's
+    (None: the default one) or a ``SecureRandom``."""
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int,
-                 generator: Sampling = None, rank: int = 0, world_size: int = 1) -> None:
+                 generator: Sampling = None, rank: int = 0, world_size: int = 1,
+                 indices: list[int] | None = None) -> None:
         self.num_samples, self.sample_rate, self.steps = num_samples, sample_rate, steps
         self.generator, self.rank, self.world_size = generator, rank, world_size
+        self.indices = None if indices is None else torch.as_tensor(indices, dtype=torch.long)
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps):
@@ -43,7 +61,7 @@ class PoissonBatchSampler(Sampler[list[int]]):
             chosen = mask.nonzero().flatten()
             if self.world_size > 1:
                 chosen = chosen[chosen % self.world_size == self.rank]
-            yield chosen.tolist()
+            yield (chosen if self.indices is None else self.indices[chosen]).tolist()
 
     def _uniform(self) -> Tensor:
         if isinstance(self.generator, SecureRandom):
@@ -55,10 +73,11 @@ class PoissonBatchSampler(Sampler[list[int]]):
 
 
 class PoissonDataLoader(DataLoader):
-    """``data_loader``'s dataset, collation and workers, with Poisson batches of rate
-    ``sample_rate = 1 / len(data_loader)`` (``len(data_loader)`` steps make one expected epoch)
-    drawn from ``generator`` (None: torch's default generator; or a ``SecureRandom``). Empty
-    batches keep the shapes of the dataset's first sample (0 rows)."""
+    """``data_loader``'s dataset (the indices of its ``SubsetRandomSampler``, when it has one),
+    collation and workers, with Poisson batches of rate ``sample_rate = 1 / len(data_loader)``
+    (``len(data_loader)`` steps make one expected epoch) drawn from ``generator`` (None:
+    torch's default generator; or a ``SecureRandom``). Empty batches have the structure, dtypes
+    and shapes of a batch of the dataset's first sample, with 0 rows."""
 
     def __init__(self, data_loader: DataLoader, *, generator: Sampling, rank: int = 0,
                  world_size: int = 1) -> None:
@@ -72,24 +91,47 @@ class PoissonDataLoader(DataLoader):
         _warn_if_replaced(data_loader)
         steps = len(data_loader)
         self.sample_rate = 1 / steps
-        first = dataset[0]
-        collate = wrap_collate_with_empty(
-            collate_fn=data_loader.collate_fn, batch_first=True,
-            sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
-            dtypes=[dtype_safe(x) for x in first])
-        sampler = PoissonBatchSampler(len(dataset), self.sample_rate, steps,  # type: ignore
-                                      generator, rank, world_size)
+        indices = population(data_loader)
+        empty = _no_rows(data_loader.collate_fn([dataset[0 if indices is None else indices[0]]]))
+        collate = CollateOrEmpty(data_loader.collate_fn, empty)
+        sampler = PoissonBatchSampler(population_size(data_loader), self.sample_rate, steps,
+                                      generator, rank, world_size, indices)
         options = loading_options(data_loader)
         if not isinstance(generator, SecureRandom):  # worker seeds follow the sampling stream
             options["generator"] = generator
         super().__init__(dataset, batch_sampler=sampler, collate_fn=collate, **options)
 
 
+class CollateOrEmpty:
+    """``collate`` for a non-empty batch, ``empty`` (the batch of no samples) for an empty one."""
+
+    def __init__(self, collate: Callable[[list], Any], empty: Any) -> None:
+        self.collate, self.empty = collate, empty
+
+    def __call__(self, samples: list) -> Any:
+        return self.collate(samples) if samples else self.empty
+
+
+def _no_rows(batch: Any) -> Any:
+    """``batch`` (collated: tensors, dicts, tuples, lists) with every tensor cut to 0 rows."""
+    if isinstance(batch, Tensor):
+        return batch[:0]
+    if isinstance(batch, Mapping):
+        return type(batch)({k: _no_rows(v) for k, v in batch.items()})  # type: ignore[call-arg]
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(_no_rows(v) for v in batch))
+    if isinstance(batch, list | tuple):
+        if all(isinstance(v, str) for v in batch):  # a collated field of strings
+            return type(batch)()
+        return type(batch)(_no_rows(v) for v in batch)
+    return batch
+
+
 def _warn_if_replaced(data_loader: DataLoader) -> None:
     """Poisson sampling replaces how the loader chose its batches; say so when that was more
     than shuffling (a weighted sampler, bucketing by length): the privacy analysis needs every
     sample drawn alike, so the choice is dropped, not kept."""
-    plain = (SequentialSampler, RandomSampler, DistributedSampler)
+    plain = (SequentialSampler, RandomSampler, DistributedSampler, SubsetRandomSampler)
     custom = [type(s).__name__ for s in (data_loader.sampler, data_loader.batch_sampler)
               if s is not None and not isinstance(s, (*plain, BatchSampler))]
     if custom:
