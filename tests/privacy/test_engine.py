@@ -334,3 +334,30 @@ def test_reentrant_checkpointing_is_clipped_once_per_sample():
     got, got_norms = engine_clipped_sum(checkpointed, x, y, ce, 0.5)
     assert_close_sums(got, want)
     assert len(got_norms) == 8
+
+
+@pytest.mark.parametrize("make", [lambda: nn.GroupNorm(2, 4), lambda: nn.LayerNorm(6),
+                                  lambda: nn.RMSNorm(6), lambda: nn.InstanceNorm1d(4, affine=True)],
+                         ids=["group", "layer", "rms", "instance"])
+def test_norm_layers_take_an_empty_batch(make):
+    """An empty Poisson batch through a norm layer crashed the tap (plain torch runs it)."""
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), make())
+    tracker = GradSampleTracker(model, 1.0, "sum")
+    tracker.attach()
+    model(torch.zeros(0, 2, 8)).sum().backward()
+    assert tracker.samples == 0 and all(p.grad is None for p in model.parameters())
+
+
+def test_group_norm_on_a_permuted_input_matches_reference():
+    """A channels-last tensor permuted to (B, C, L) is not contiguous: ATen's group norm
+    refused it inside the tap."""
+    class Permuted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm, self.head = nn.GroupNorm(2, 4), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.norm(x.permute(0, 2, 1)).mean(2))
+
+    torch.manual_seed(0)
+    check(Permuted(), torch.randn(5, 6, 4), torch.randint(0, 3, (5,)))

@@ -34,10 +34,9 @@ class _LayerNormTap(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple:
         x, weight, bias, mean, rstd = ctx.saved_tensors
         width = weight.numel() if weight is not None else bias.numel()
-        xr = x.reshape(x.shape[0], -1, width)
-        mr, rr = mean.reshape(x.shape[0], -1, 1), rstd.reshape(x.shape[0], -1, 1)
+        xr, mr, rr = _per_sample_rows(x, width), _per_sample_rows(mean), _per_sample_rows(rstd)
         ctx.sink(affine_record(lambda rows: (xr[rows] - mr[rows]) * rr[rows],
-                               g.reshape(g.shape[0], -1, width)))
+                               _per_sample_rows(g, width)))
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.native_layer_norm_backward(
@@ -65,8 +64,8 @@ class _RMSNormTap(torch.autograd.Function):
         rstd = torch.rsqrt(x.square().mean(dims, keepdim=True) + eps)
         xhat = x * rstd  # once, for the record and the input gradient
         width = math.prod(ctx.shape)
-        xr = xhat.reshape(x.shape[0], -1, width)
-        ctx.sink(affine_record(lambda rows: xr[rows], g.reshape(g.shape[0], -1, width)))
+        xr = _per_sample_rows(xhat, width)
+        ctx.sink(affine_record(lambda rows: xr[rows], _per_sample_rows(g, width)))
         grad_x = None
         if ctx.needs_input_grad[0]:
             gw = g * weight
@@ -83,9 +82,10 @@ class _GroupNormTap(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int,
                 eps: float, sink: Sink) -> Tensor:
+        x = x.contiguous()  # ATen's group norm takes contiguous inputs (torch's layer copies)
         n, c = x.shape[:2]
-        out, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, x[0, 0].numel(),
-                                                  groups, eps)
+        out, mean, rstd = torch.native_group_norm(x, weight, bias, n, c,
+                                                  math.prod(x.shape[2:]), groups, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.groups, ctx.sink = groups, sink
         return out
@@ -94,13 +94,22 @@ class _GroupNormTap(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple:
         x, weight, mean, rstd = ctx.saved_tensors
         n, c = x.shape[:2]
-        folded = (1, n * c, x[0, 0].numel())
+        if n == 0:  # an empty (Poisson) batch: nothing to fold
+            ctx.sink(Record(g.new_zeros(0, c), g.new_zeros(0, c)))
+            return torch.zeros_like(x), None, None, None, None, None
+        folded = (1, n * c, math.prod(x.shape[2:]))
         grad_x, wgrad, bgrad = torch.ops.aten.native_group_norm_backward(
             g.reshape(folded), x.reshape(folded), mean.reshape(1, -1), rstd.reshape(1, -1),
             weight.repeat(n) if weight is not None else None, 1, n * c, folded[2],
             n * ctx.groups, [ctx.needs_input_grad[0], True, True])
         ctx.sink(Record(wgrad.view(n, c), bgrad.view(n, c)))
         return (grad_x.view_as(x) if grad_x is not None else None), None, None, None, None, None
+
+
+def _per_sample_rows(t: Tensor, width: int = 1) -> Tensor:
+    """(B, T, width) view of a (B, ...) tensor whose trailing elements form rows of ``width``
+    (an empty batch included, where a -1 in the shape would be ambiguous)."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]) // width, width)
 
 
 def affine_grads(xhat: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,7 +131,7 @@ def affine_record(xhat: Callable[[slice], Tensor], g: Tensor) -> Record:
     if use_triton(g):
         wgrad, bgrad = affine_grads(xhat(slice(None)), g)
         return Record(wgrad, bgrad)
-    step = max(1, _CHUNK_ELEMS // max(g[0].numel(), 1))
+    step = max(1, _CHUNK_ELEMS // max(math.prod(g.shape[1:]), 1))
     parts = [affine_grads(xhat(slice(i, i + step)), g[i:i + step])
              for i in range(0, g.shape[0], step)]
     if not parts:
