@@ -40,13 +40,11 @@ CLIPPING_STYLES = ("flat", "per_layer", "automatic")
 def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
     """A subclass of ``cls`` whose forward goes through the kernel's capture while tracked.
 
-    Swapping the class (not the instance's forward) keeps copies safe: a deep copy of a tapped
-    layer is not tracked and runs the plain forward on its own weights. ``dp_sink()`` gives
-    the sink to layers that compute the tapped layer's product themselves, ``untapped_class``
-    the class it stands for (whose forward a kernel may call itself). A tapped class
-    (a deep copy of a private model's layer) is its own tapped class."""
-    if cls in _TAPPED_CLASSES.values():
-        return cls
+    Swapping the class (not the instance's forward) keeps copies safe: a copy (deepcopy,
+    torch.save) of a tapped layer is one of the class it stands for, untracked, on its own
+    weights. ``dp_sink()`` gives the sink to layers that compute the tapped layer's product
+    themselves, ``untapped_class`` the class it stands for (whose forward a kernel may call
+    itself)."""
     if cls not in _TAPPED_CLASSES:
         def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
             tracker = _TRACKERS.get(self)
@@ -62,7 +60,14 @@ def _tapped_class(cls: type[nn.Module]) -> type[nn.Module]:
                 return None
             return tracker.own_product_sink(self)
 
+        def __reduce_ex__(self: nn.Module, protocol: Any) -> Any:
+            """Pickle (torch.save, deepcopy) as the class it stands for: a tapped class exists
+            only in the process that made it, and a copy is not tracked anyway."""
+            _, _, *rest = object.__reduce_ex__(self, protocol)
+            return (object.__new__, (cls,), *rest)
+
         _TAPPED_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward, "dp_sink": dp_sink,
+                                                           "__reduce_ex__": __reduce_ex__,
                                                            "untapped_class": cls,
                                                            "__module__": cls.__module__})
     return _TAPPED_CLASSES[cls]
