@@ -16,6 +16,17 @@ from trustlab.errors import ConfigError
 from trustlab.privacy.recurrence import recurrence
 
 
+def unsupported_option(layer: nn.Module) -> str | None:
+    """The option of a PyTorch recurrent net or attention layer that its DP equivalent lacks
+    (LSTM ``proj_size``; attention ``add_bias_kv``/``add_zero_attn``), else None."""
+    if getattr(layer, "proj_size", 0):
+        return "proj_size"
+    if isinstance(layer, nn.MultiheadAttention) and (layer.bias_k is not None
+                                                     or layer.add_zero_attn):
+        return "add_bias_kv or add_zero_attn"
+    return None
+
+
 class DPMultiheadAttention(nn.Module):
     """``nn.MultiheadAttention`` with separate q/k/v/out ``nn.Linear`` projections."""
 
@@ -41,7 +52,7 @@ class DPMultiheadAttention(nn.Module):
 
     @classmethod
     def from_module(cls, mha: nn.MultiheadAttention) -> "DPMultiheadAttention":
-        if mha.bias_k is not None or mha.add_zero_attn:
+        if unsupported_option(mha) is not None:
             raise ConfigError("nn.MultiheadAttention with add_bias_kv or add_zero_attn has no "
                               "DP equivalent; build it without them")
         new = cls(mha.embed_dim, mha.num_heads, mha.dropout, mha.out_proj.bias is not None,
@@ -163,7 +174,7 @@ class _DPRecurrent(nn.Module):
 
     @classmethod
     def from_module(cls, rnn: nn.RNNBase) -> "_DPRecurrent":
-        if getattr(rnn, "proj_size", 0):
+        if unsupported_option(rnn) is not None:
             raise ConfigError("nn.LSTM with proj_size has no DP equivalent; use proj_size=0")
         new = cls(rnn.input_size, rnn.hidden_size, **_settings(rnn)).to(rnn.weight_ih_l0)
         with torch.no_grad():

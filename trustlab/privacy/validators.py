@@ -10,7 +10,8 @@ from torch import nn
 
 from trustlab.errors import ConfigError
 from trustlab.kernels import VmapKernel, kernel_for, overridden_methods, registered_base
-from trustlab.privacy.layers import DPGRU, DPLSTM, DPRNN, DPMultiheadAttention
+from trustlab.privacy.layers import (DPGRU, DPLSTM, DPRNN, DPMultiheadAttention,
+                                     unsupported_option)
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
 
@@ -43,11 +44,8 @@ _CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 
 def _unfixable(layer: nn.Module) -> str | None:
     """Why :func:`fix` has no exact replacement for a layer of a fixable type, else None."""
-    if isinstance(layer, nn.LSTM) and layer.proj_size:
-        return "proj_size"
-    if isinstance(layer, nn.MultiheadAttention) and (layer.bias_k is not None
-                                                     or layer.add_zero_attn):
-        return "add_bias_kv or add_zero_attn"
+    if (option := unsupported_option(layer)) is not None:
+        return option
     if isinstance(layer, _BATCH_NORMS) and isinstance(layer, nn.modules.lazy.LazyModuleMixin) \
             and layer.has_uninitialized_params():
         return "uninitialised lazy parameters (run one forward pass first)"
