@@ -7,7 +7,8 @@ from trustlab.privacy.accounting import PrivacyFacts, calibrate_noise, compute_e
 from trustlab.privacy.batches import BatchMemoryManager
 from trustlab.privacy.engine import make_private
 from trustlab.privacy.optimizer import DPOptimizer
-from trustlab.privacy.layers import DPGRU, DPLSTM, DPRNN, DPMultiheadAttention
+from trustlab.privacy.attention import DPMultiheadAttention
+from trustlab.privacy.layers import DPGRU, DPLSTM, DPRNN
 from trustlab.privacy.validators import fix, unfix, validate
 
 __all__ = ["BatchMemoryManager", "DPGRU", "DPLSTM", "DPMultiheadAttention", "DPOptimizer",

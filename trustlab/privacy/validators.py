@@ -10,8 +10,8 @@ from torch import nn
 
 from trustlab.errors import ConfigError
 from trustlab.kernels import VmapKernel, kernel_for, overridden_methods, registered_base
-from trustlab.privacy.layers import (DPGRU, DPLSTM, DPRNN, DPMultiheadAttention,
-                                     unsupported_option)
+from trustlab.privacy.attention import DPMultiheadAttention
+from trustlab.privacy.layers import DPGRU, DPLSTM, DPRNN, unsupported_option
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
 
