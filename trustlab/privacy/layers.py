@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.recurrence import recurrence
@@ -42,6 +43,12 @@ class _DPRecurrent(nn.Module):
     each layer and direction is one :func:`~trustlab.privacy.recurrence.recurrence` node whose
     hand-written BPTT hands the hidden projection's (H_prev, G) to the Linear kernel; otherwise
     the hidden projection runs once per step in autograd.
+
+    A ``PackedSequence`` input runs padded (B, T, ·) in the batch order of the original
+    sequences (that of ``hx`` and of the final states, as in PyTorch): padding follows each
+    sequence's valid steps, the reverse direction reads each sequence reversed within its own
+    length, and the final states are taken at each sequence's last valid step. The padded
+    steps then get no gradient, so they add nothing to any sample's gradient.
     """
 
     gates: int
@@ -97,21 +104,30 @@ class _DPRecurrent(nn.Module):
         raise NotImplementedError
 
     def _unrolled(self, gates_x: Tensor, cell: _Cell, h: Tensor, c: Tensor, reverse: bool
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-        """One layer and direction step by step in autograd (untapped use, torch.func)."""
+                  ) -> tuple[Tensor, Tensor]:
+        """One layer and direction step by step in autograd (untapped use, torch.func): the
+        hidden and (LSTM; else empty) cell states, (B, T, h)."""
         steps = gates_x.shape[1]
-        out: list[Tensor] = [h] * steps
+        hs: list[Tensor] = [h] * steps
+        cs: list[Tensor] = [c] * steps
         for t in range(steps - 1, -1, -1) if reverse else range(steps):
             h, c = self._step(gates_x[:, t], cell, h, c)
-            out[t] = h
-        return torch.stack(out, 1), h, c
+            hs[t], cs[t] = h, c
+        return torch.stack(hs, 1), (torch.stack(cs, 1) if self.mode == "lstm"
+                                    else h.new_empty(0, 0, 0))
 
-    def forward(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None):
-        if isinstance(x, nn.utils.rnn.PackedSequence):
-            raise ConfigError(f"{type(self).__name__} takes padded tensors, not PackedSequence")
-        if not self.batch_first:
+    def forward(self, x: Tensor | PackedSequence,
+                hx: Tensor | tuple[Tensor, Tensor] | None = None):
+        packed = x if isinstance(x, PackedSequence) else None
+        if packed is not None:
+            x, lengths = pad_packed_sequence(packed, batch_first=True)
+        elif not self.batch_first:
             x = x.transpose(0, 1)
-        batch = x.shape[0]
+        batch, steps = x.shape[:2]
+        rows = torch.arange(batch, device=x.device)
+        # each sequence's last valid step; packed, the index reversing it within its length
+        last = rows.new_full((batch,), steps - 1) if packed is None else (lengths - 1).to(rows)
+        flip = None if packed is None else _flip_index(last, steps)
         shape = (self.num_layers * self.directions, batch, self.hidden_size)
         if hx is None:
             h0 = c0 = x.new_zeros(shape)
@@ -126,20 +142,28 @@ class _DPRecurrent(nn.Module):
                 index = layer * self.directions + direction
                 cell = self.cells[index]
                 gates_x = cell.ih(x)
+                flipped = bool(direction) and flip is not None  # runs forward over it reversed
+                reverse = bool(direction) and flip is None
+                if flipped:
+                    gates_x = _gather_steps(gates_x, flip)
                 sink = cell.hh.dp_sink() if hasattr(cell.hh, "dp_sink") else None
                 if sink is not None:  # tapped: one node, W_hh's record from its own BPTT
-                    out, h, c = recurrence(gates_x, h0[index], c0[index], cell.hh.weight,
-                                           cell.hh.bias, self.mode, bool(direction), sink)
+                    hs, cs = recurrence(gates_x, h0[index], c0[index], cell.hh.weight,
+                                        cell.hh.bias, self.mode, reverse, sink)
                 else:
-                    out, h, c = self._unrolled(gates_x, cell, h0[index], c0[index],
-                                               bool(direction))
-                outputs.append(out)
-                h_n.append(h)
-                c_n.append(c)
+                    hs, cs = self._unrolled(gates_x, cell, h0[index], c0[index], reverse)
+                final = 0 if reverse else last
+                h_n.append(hs[rows, final])
+                if self.mode == "lstm":
+                    c_n.append(cs[rows, final])
+                outputs.append(_gather_steps(hs, flip) if flipped else hs)
             x = torch.cat(outputs, -1) if self.directions == 2 else outputs[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout)
-        output = x if self.batch_first else x.transpose(0, 1)
+        if packed is not None:
+            output = _repacked(x, lengths, packed)
+        else:
+            output = x if self.batch_first else x.transpose(0, 1)
         h_n_t = torch.stack(h_n)
         return output, ((h_n_t, torch.stack(c_n)) if self.mode == "lstm" else h_n_t)
 
@@ -187,6 +211,28 @@ class DPGRU(_DPRecurrent):
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
         h = (1 - z) * torch.tanh(xn + r * hn) + z * h
         return h, h
+
+
+def _flip_index(last: Tensor, steps: int) -> Tensor:
+    """(B, T) indices that reverse each sequence within its own length (``last + 1``) and leave
+    its padding in place; reversing twice is the identity."""
+    t = torch.arange(steps, device=last.device)
+    return torch.where(t <= last[:, None], last[:, None] - t, t)
+
+
+def _gather_steps(seq: Tensor, index: Tensor) -> Tensor:
+    """``seq`` (B, T, ·) with each sample's steps taken in the order ``index`` (B, T)."""
+    return seq.gather(1, index[..., None].expand(-1, -1, seq.shape[2]))
+
+
+def _repacked(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+    """Batch-first ``padded`` (original batch order) packed like ``like``: the same
+    ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices``."""
+    if like.sorted_indices is not None:
+        padded = padded[like.sorted_indices]
+        lengths = lengths[like.sorted_indices.cpu()]
+    data = pack_padded_sequence(padded, lengths, batch_first=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
 def _copy(dst: nn.Parameter, *sources: Tensor) -> None:

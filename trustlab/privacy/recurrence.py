@@ -43,14 +43,17 @@ def _lstm_forward(gx: Tensor, h: Tensor, c: Tensor, w: Tensor, order: range
 
 
 def _lstm_backward(w: Tensor, acts: Tensor, cs: Tensor, c0: Tensor, order: range,
-                   d_hs: Tensor | None, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                   d_hs: Tensor | None, d_cs: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """BPTT: gate pre-activation gradients (T, B, 4h) and the gradients of h0 and c0."""
     grads = torch.empty_like(acts)
+    dh, dc = torch.zeros_like(c0), torch.zeros_like(c0)
     steps = list(order)
     for k in range(len(steps) - 1, -1, -1):
         t = steps[k]
         if d_hs is not None:
             dh = dh + d_hs[t]
+        if d_cs is not None:
+            dc = dc + d_cs[t]
         i, f, g, o = acts[t].chunk(4, 1)
         tc = cs[t].tanh()
         dc = torch.addcmul(dc, dh * o, 1 - tc * tc)
@@ -87,10 +90,11 @@ def _gru_forward(gx: Tensor, h: Tensor, w: Tensor, b: Tensor | None, order: rang
 
 
 def _gru_backward(w: Tensor, acts: Tensor, projs: Tensor, h_prev: Tensor, order: range,
-                  d_hs: Tensor | None, dh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                  d_hs: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """BPTT: gradients (T, B, 3h) of gates_x and of the hidden projections, and of h0."""
     hid = h_prev.shape[2]
     g_x, g_h = torch.empty_like(acts), torch.empty_like(acts)
+    dh = torch.zeros_like(h_prev[0])
     for t in reversed(order):
         if d_hs is not None:
             dh = dh + d_hs[t]
@@ -118,10 +122,11 @@ def _rnn_forward(gx: Tensor, h: Tensor, w: Tensor, order: range, relu: bool
     return hs, h_prev
 
 
-def _rnn_backward(w: Tensor, hs: Tensor, order: range, d_hs: Tensor | None, dh: Tensor,
-                  relu: bool) -> tuple[Tensor, Tensor]:
+def _rnn_backward(w: Tensor, hs: Tensor, order: range, d_hs: Tensor | None, relu: bool
+                  ) -> tuple[Tensor, Tensor]:
     """BPTT: pre-activation gradients (T, B, h) and the gradient of h0."""
     grads = torch.empty_like(hs)
+    dh = torch.zeros_like(hs[0])
     for t in reversed(order):
         if d_hs is not None:
             dh = dh + d_hs[t]
@@ -132,21 +137,20 @@ def _rnn_backward(w: Tensor, hs: Tensor, order: range, d_hs: Tensor | None, dh: 
 
 
 class _Recurrence(torch.autograd.Function):
-    """(gates_x, h0, c0) -> (H, h_n, c_n) for one layer and direction; see the module doc."""
+    """(gates_x, h0, c0) -> (H, C) for one layer and direction; see the module doc."""
 
     @staticmethod
     def forward(ctx: Any, gx: Tensor, h0: Tensor, c0: Tensor, w: Tensor, b: Tensor | None,
-                mode: str, reverse: bool, sink: Sink) -> tuple[Tensor, Tensor, Tensor]:
+                mode: str, reverse: bool, sink: Sink) -> tuple[Tensor, Tensor]:
         steps = gx.shape[1]
         order = range(steps - 1, -1, -1) if reverse else range(steps)
         ctx.mode, ctx.order, ctx.sink = mode, order, sink
         ctx.set_materialize_grads(False)
         gx = gx.transpose(0, 1)
-        c_n = h0.new_empty(0)
+        cs = h0.new_empty(0, 0)
         if mode == "lstm":
             hs, cs, acts, h_prev = _lstm_forward(gx if b is None else gx + b, h0, c0, w, order)
             ctx.save_for_backward(w, acts, cs, h_prev, c0)
-            c_n = cs[order[-1]].clone() if steps else c0.clone()
         elif mode == "gru":
             hs, projs, acts, h_prev = _gru_forward(gx, h0, w, b, order)
             ctx.save_for_backward(w, acts, projs, h_prev)
@@ -154,28 +158,24 @@ class _Recurrence(torch.autograd.Function):
             hs, h_prev = _rnn_forward(gx if b is None else gx + b, h0, w, order,
                                       mode == "rnn_relu")
             ctx.save_for_backward(w, hs, h_prev)
-        h_n = hs[order[-1]].clone() if steps else h0.clone()
-        return hs.transpose(0, 1), h_n, c_n
+        return hs.transpose(0, 1), cs.transpose(0, 1)
 
     @staticmethod
-    def backward(ctx: Any, d_hs: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None
+    def backward(ctx: Any, d_hs: Tensor | None, d_cs: Tensor | None
                  ) -> tuple[Tensor | None, ...]:
         d_hs = None if d_hs is None else d_hs.transpose(0, 1)
         dc = None
         if ctx.mode == "lstm":
             w, acts, cs, h_prev, c0 = ctx.saved_tensors
-            dh = torch.zeros_like(c0) if d_hn is None else d_hn
-            dc = torch.zeros_like(c0) if d_cn is None else d_cn
-            g_x, dh, dc = _lstm_backward(w, acts, cs, c0, ctx.order, d_hs, dh, dc)
+            d_cs = None if d_cs is None else d_cs.transpose(0, 1)
+            g_x, dh, dc = _lstm_backward(w, acts, cs, c0, ctx.order, d_hs, d_cs)
             g_h = g_x
         elif ctx.mode == "gru":
             w, acts, projs, h_prev = ctx.saved_tensors
-            dh = torch.zeros_like(h_prev[0]) if d_hn is None else d_hn
-            g_x, g_h, dh = _gru_backward(w, acts, projs, h_prev, ctx.order, d_hs, dh)
+            g_x, g_h, dh = _gru_backward(w, acts, projs, h_prev, ctx.order, d_hs)
         else:
             w, hs, h_prev = ctx.saved_tensors
-            dh = torch.zeros_like(h_prev[0]) if d_hn is None else d_hn
-            g_x, dh = _rnn_backward(w, hs, ctx.order, d_hs, dh, ctx.mode == "rnn_relu")
+            g_x, dh = _rnn_backward(w, hs, ctx.order, d_hs, ctx.mode == "rnn_relu")
             g_h = g_x
         ctx.sink(Record(h_prev.transpose(0, 1), g_h.transpose(0, 1)))
         return (g_x.transpose(0, 1), dh if ctx.needs_input_grad[1] else None,
@@ -183,10 +183,10 @@ class _Recurrence(torch.autograd.Function):
 
 
 def recurrence(gates_x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, bias: Tensor | None,
-               mode: str, reverse: bool, sink: Sink) -> tuple[Tensor, Tensor, Tensor]:
-    """``(H (B, T, h), h_n, c_n)`` of one LSTM (``mode="lstm"``), GRU (``"gru"``) or Elman RNN
-    (``"rnn_tanh"``, ``"rnn_relu"``) layer and direction (``c_n`` is empty and ``c0`` ignored
-    but for the LSTM) over batch-first ``gates_x = x W_ih^T + b_ih``,
+               mode: str, reverse: bool, sink: Sink) -> tuple[Tensor, Tensor]:
+    """The hidden states H and cell states C (B, T, h) of one LSTM (``mode="lstm"``), GRU
+    (``"gru"``) or Elman RNN (``"rnn_tanh"``, ``"rnn_relu"``) layer and direction (C is empty
+    and ``c0`` ignored but for the LSTM) over batch-first ``gates_x = x W_ih^T + b_ih``,
     reporting the hidden projection's :class:`Record` to ``sink`` in backward. ``weight`` and
     ``bias`` are the hidden projection's: inputs of the autograd node (so a backward pass is
     seen to train them), which gives them no gradient. Under autocast the recurrence runs in

@@ -464,12 +464,17 @@ class _EarlyClipped:
 def _note_input_batch(module: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook of the module given to make_private: its tracker notes the batch size
     of a forward pass that records (the first tensor argument's dim 0, or dim 1 for a module
-    built with ``batch_first=False``). A module-level function, so that a deep copy of the
-    module carries no tracker (the copy is not in ``_ROOTS``: the hook does nothing)."""
+    built with ``batch_first=False``; a ``PackedSequence``'s first batch size). A module-level
+    function, so that a deep copy of the module carries no tracker (the copy is not in
+    ``_ROOTS``: the hook does nothing)."""
     tracker = _ROOTS.get(module)
     if tracker is None or not torch.is_grad_enabled():
         return
-    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, Tensor)), None)
+    packed = nn.utils.rnn.PackedSequence
+    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, Tensor | packed)), None)
+    if isinstance(first, packed):
+        tracker._input_batches.add(int(first.batch_sizes[0]))
+        return
     dim = 1 if getattr(module, "batch_first", True) is False else 0
     if first is not None and first.dim() > dim:
         tracker._input_batches.add(first.shape[dim])
