@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
-from dp_reference import train_steps
+from dp_reference import assert_close_sums, per_sample_grads, train_steps
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.privacy import compute_epsilon, fix, make_private
 
@@ -57,7 +57,7 @@ def test_noise_is_the_seeded_generators_sequence():
 
 
 def test_average_divides_by_expected_not_realised_batch_size():
-    model, opt, loader = _setup(noise_multiplier=0.0, max_grad_norm=1e6)
+    model, opt, loader = _setup(noise_multiplier=0.0, max_grad_norm=1e6, poisson_sampling=False)
     assert opt.expected_batch_size == pytest.approx(16)
     x, y = torch.randn(5, 5), torch.randint(0, 2, (5,))  # a small realised batch
     opt.zero_grad()
@@ -105,11 +105,35 @@ def test_a_loader_without_batches_is_a_clear_error():
 
 
 def test_forward_backward_on_empty_batch_is_a_noise_only_step():
-    model, opt, _ = _setup(noise_multiplier=0.0)
+    model, opt, _ = _setup(noise_multiplier=0.0, poisson_sampling=False)
     F.cross_entropy(model(torch.zeros(0, 5)), torch.zeros(0, dtype=torch.long),
                     reduction="sum").backward()
     opt.step()
     assert all((p.grad == 0).all() for p in model.parameters())
+
+
+def test_a_step_needs_a_new_batch_from_the_returned_loader():
+    """Two steps on one Poisson batch, or a step on a batch from elsewhere (the loader given to
+    make_private instead of the one it returned), would be accounted as fresh Poisson batches:
+    refused before any update; skipping a received batch is allowed."""
+    model, opt, loader = _setup(noise_multiplier=0.0)
+    batches = iter(loader)
+    x, y = next(batches)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(TrustlabError, match="without a new batch from the data loader"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before)) and opt.steps == 1
+    next(batches)  # received and skipped: not a privacy cost
+    x, y = next(batches)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert opt.steps == 2
 
 
 def test_gradient_accumulation_equals_one_big_batch():
@@ -560,3 +584,60 @@ def test_a_private_model_saves_and_loads_whole():
     assert [type(m) for m in loaded] == [nn.Linear, nn.ReLU, nn.Linear]
     x = torch.randn(3, 5)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_the_optimizer_cannot_be_copied_or_pickled():
+    """A copy would be bound to no taps and would spend the accountant's budget unreported."""
+    _, opt, _ = _setup()
+    with pytest.raises(TrustlabError, match="cannot be copied or pickled.*state_dict"):
+        copy.deepcopy(opt)
+    with pytest.raises(TrustlabError, match="cannot be copied or pickled"):
+        torch.save(opt, io.BytesIO())
+
+
+def test_step_and_state_dict_hooks_run_as_on_any_optimizer():
+    model, opt, _ = _setup(noise_multiplier=0.0, poisson_sampling=False)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", o.steps)))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o.steps)))
+    opt.register_state_dict_post_hook(lambda o, state: {**state, "note": "kept"})
+    opt.register_load_state_dict_pre_hook(
+        lambda o, state: {k: v for k, v in state.items() if k != "note"})
+    F.cross_entropy(model(torch.randn(4, 5)), torch.randint(0, 2, (4,))).backward()
+    opt.step()
+    assert calls == [("pre", 0), ("post", 1)]
+    state = opt.state_dict()
+    assert state["note"] == "kept"
+    opt.load_state_dict(state)  # the pre hook took the note out again
+    assert opt.steps == 1
+
+
+def test_parameters_of_two_dtypes_get_noisy_gradients_of_their_own_dtype():
+    """One flat noise buffer of the first parameter's dtype could not hold a float64 layer's
+    gradient after a float32 one's (the step crashed)."""
+    class TwoDtypes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = nn.Linear(5, 4), nn.Linear(4, 2).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.second(self.first(x).relu().double())
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5), torch.randint(0, 2, (16,))
+    model = TwoDtypes()
+    grads = {n: g.double() for n, g in per_sample_grads(model, x, y, F.cross_entropy).items()}
+    factors = (0.5 / torch.cat([g.flatten(1) for g in grads.values()], 1).norm(dim=1)).clamp(max=1)
+    reference = {n: torch.einsum("b,b...->...", factors, g) for n, g in grads.items()}
+    data = DataLoader(TensorDataset(x, y), batch_size=16)
+    for sigma in (0.0, 1.0):
+        private = copy.deepcopy(model)
+        private, opt, _ = make_private(private, torch.optim.SGD(private.parameters(), lr=0.1),
+                                       data, noise_multiplier=sigma, max_grad_norm=0.5,
+                                       target_delta=1e-5, poisson_sampling=False)
+        F.cross_entropy(private(x), y).backward()
+        opt.step()
+        assert all(p.grad.dtype == p.dtype for p in private.parameters())
+        if sigma == 0:
+            assert_close_sums({n: p.grad.double() * 16 for n, p in private.named_parameters()},
+                              reference)

@@ -47,6 +47,9 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
     ``draw_normal(n, std, device)``, when given, draws the noise instead (any dtype)."""
     if not sums:
         return []
+    if len({(s.dtype, s.device) for s in sums}) > 1:  # the flat buffer has one dtype and device
+        return _by_kind(sums, lambda part: noisy_write(part, std, denominator, generator,
+                                                       draw_normal))
     if use_triton(sums[0]) and draw_normal is None:
         # one 63-bit Philox seed per step, each tensor at its own offset of that stream: no two
         # tensors or steps share noise (31-bit seeds per tensor collide within ~10^5 steps)
@@ -65,6 +68,18 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
     out = [n.view_as(s) for n, s in zip(flat.split([s.numel() for s in sums]), sums)]
     torch._foreach_add_(out, sums, alpha=1.0 / denominator)
     return out
+
+
+def _by_kind(tensors: list[Tensor], write: Callable[[list[Tensor]], list[Tensor]]
+             ) -> list[Tensor]:
+    """``write`` applied to the tensors of each dtype and device apart, results in input order."""
+    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.dtype, t.device), []).append(i)
+    out: dict[int, Tensor] = {}
+    for positions in groups.values():
+        out.update(zip(positions, write([tensors[i] for i in positions])))
+    return [out[i] for i in range(len(tensors))]
 
 
 @functools.cache

@@ -54,7 +54,10 @@ class _PhysicalBatches:
     def __iter__(self) -> Iterator:
         self.ends.clear()
         for batch in self.loader:
-            self.optimizer.signal_skip_step(not self.ends.popleft())
+            ends_logical_batch = self.ends.popleft()
+            self.optimizer.signal_skip_step(not ends_logical_batch)
+            if ends_logical_batch and self.optimizer.batches is not None:
+                self.optimizer.batches.received += 1
             yield batch
 
     def __len__(self) -> int:

@@ -85,7 +85,8 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
                                expected_batch_size=sample_rate * n, sample_rate=sample_rate,
                                accountant=accountant, noise_seed=noise_seed,
                                reduce=all_reduce_sums if distributed else None,
-                               secure_random=noise_random, adaptive=adaptive)
+                               secure_random=noise_random, adaptive=adaptive,
+                               batches=data_loader.batches if poisson_sampling else None)
     tracker.attach()  # last: every check above has passed
     return module, dp_optimizer, data_loader
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -14,6 +15,7 @@ from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import noisy_write
 from trustlab.privacy.accounting import PrivacyFacts, make_accountant
 from trustlab.privacy.adaptive import AdaptiveClipping
+from trustlab.privacy.sampling import BatchCount
 from trustlab.privacy.secure import SecureRandom
 from trustlab.privacy.tracker import GradSampleTracker
 
@@ -27,7 +29,8 @@ class DPOptimizer(torch.optim.Optimizer):
                  reduce: Callable[[list[Tensor], list[float]],
                                   tuple[list[Tensor], list[float]]] | None = None,
                  secure_random: SecureRandom | None = None,
-                 adaptive: AdaptiveClipping | None = None) -> None:
+                 adaptive: AdaptiveClipping | None = None,
+                 batches: BatchCount | None = None) -> None:
         self.original_optimizer = optimizer
         self.tracker = tracker
         self.adaptive = adaptive
@@ -42,10 +45,31 @@ class DPOptimizer(torch.optim.Optimizer):
             self.generator = torch.Generator(device=self._device())
             self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
         self.reduce = reduce
+        self.batches = batches  # received from make_private's loader (None: not Poisson)
+        self._batches_stepped = 0  # batches.received at the last step
         self.steps = 0
         self.samples_seen = 0  # over all steps (and all ranks when distributed)
         self._skip_next_step = False
         self._accumulating = False  # the last step() was skipped: keep the clipped sums
+        self._add_hook_tables()
+
+    def _add_hook_tables(self) -> None:
+        """What ``Optimizer.__init__`` sets up besides the parameters (those stay the wrapped
+        optimizer's): the hook tables of ``register_step_pre_hook`` and its kin, and the step
+        wrapper that runs the step hooks."""
+        for kind in ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
+                     "load_state_dict_pre", "load_state_dict_post"):
+            setattr(self, f"_optimizer_{kind}_hooks", OrderedDict())
+        self._patch_step_function()
+
+    def __getstate__(self) -> dict:
+        """Refused: a copy (``copy.deepcopy``, pickling) would not be bound to the model's taps,
+        and two optimizers spending one accountant's budget would under-report ε."""
+        raise TrustlabError(
+            "a DPOptimizer cannot be copied or pickled: it is bound to the per-sample taps of its "
+            "model and to its privacy accountant. Save optimizer.state_dict() (and the model's "
+            "state_dict); to resume, call make_private on the model and optimizer again and load "
+            "it with load_state_dict")
 
     def _device(self) -> torch.device:
         return next(p.device for g in self.original_optimizer.param_groups for p in g["params"])
@@ -120,6 +144,7 @@ class DPOptimizer(torch.optim.Optimizer):
             return loss
         params = self.params()
         self._check_tracked(params)
+        self._check_new_batch()
         sums = [self.tracker.summed[p] if p in self.tracker.summed else torch.zeros_like(p)
                 for p in params]
         counts = [float(self.tracker.samples), float(self.tracker.unclipped)]
@@ -159,6 +184,22 @@ class DPOptimizer(torch.optim.Optimizer):
             "requires_grad and the optimizer's parameters before make_private (detach() this "
             "optimizer and call it again)")
 
+    def _check_new_batch(self) -> None:
+        """Refuse a step when no batch came from make_private's loader since the last one: the
+        accountant counts each step as a fresh Poisson batch, so several steps on one batch, or
+        steps on batches from elsewhere, would spend more ε than it reports."""
+        if self.batches is None:
+            return
+        if self.batches.received == self._batches_stepped:
+            raise TrustlabError(
+                f"step() without a new batch from the data loader make_private returned (step "
+                f"{self.steps + 1}; {self.batches.received} batches received from it): the "
+                "accountant counts each step as one fresh Poisson batch, so several steps on "
+                "one batch, or batches from another loader (the one given to make_private "
+                "instead of the one it returned), would spend more ε than reported. No update "
+                "was applied. Draw one batch per step from the returned loader")
+        self._batches_stepped = self.batches.received
+
     def _count_noise(self) -> float:
         """One N(0, σ_b²) draw for adaptive clipping's count, from the noise's own source."""
         std = self.adaptive.count_std  # type: ignore[union-attr]
@@ -197,15 +238,22 @@ class DPOptimizer(torch.optim.Optimizer):
         drawing fresh noise instead of restarting both. In secure mode the noise key is not
         saved (``noise_generator`` is None): a resumed run draws a new key. Loadable with
         ``weights_only=True``."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         generator = None if self.generator is None else self.generator.get_state()
-        return {"optimizer": self.original_optimizer.state_dict(),
-                "privacy": {"accountant": dict(self.accountant.state_dict()),
-                            "steps": self.steps, "samples_seen": self.samples_seen,
-                            "max_grad_norm": self.max_grad_norm,
-                            "noise_generator": generator}}
+        state = {"optimizer": self.original_optimizer.state_dict(),
+                 "privacy": {"accountant": dict(self.accountant.state_dict()),
+                             "steps": self.steps, "samples_seen": self.samples_seen,
+                             "max_grad_norm": self.max_grad_norm,
+                             "noise_generator": generator}}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            state = post_hook(self, state) or state
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Resume from :meth:`state_dict`; the accountant must be the same kind."""
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = pre_hook(self, state_dict) or state_dict
         if not isinstance(state_dict, dict) or set(state_dict) != {"optimizer", "privacy"}:
             raise ConfigError(
                 "not a DPOptimizer state_dict (no privacy state): resuming from it would restart "
@@ -226,6 +274,8 @@ class DPOptimizer(torch.optim.Optimizer):
         self.max_grad_norm = float(privacy.get("max_grad_norm", self.max_grad_norm))
         if self.generator is not None:
             self.generator.set_state(generator)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def detach(self) -> None:
         """Remove the taps: the module's layers run their plain forward again."""

@@ -72,12 +72,21 @@ class PoissonBatchSampler(Sampler[list[int]]):
         return self.steps
 
 
+class BatchCount:
+    """How many batches the training loop has received from the loader ``make_private``
+    returned (its :class:`PoissonDataLoader`, or a ``BatchMemoryManager``'s logical batches)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+
 class PoissonDataLoader(DataLoader):
     """``data_loader``'s dataset (the indices of its ``SubsetRandomSampler``, when it has one),
     collation and workers, with Poisson batches of rate ``sample_rate = 1 / len(data_loader)``
     (``len(data_loader)`` steps make one expected epoch) drawn from ``generator`` (None:
     torch's default generator; or a ``SecureRandom``). Empty batches have the structure, dtypes
-    and shapes of a batch of the dataset's first sample, with 0 rows."""
+    and shapes of a batch of the dataset's first sample, with 0 rows. ``batches`` counts the
+    batches received from it (the optimizer checks that each step has a new one)."""
 
     def __init__(self, data_loader: DataLoader, *, generator: Sampling, rank: int = 0,
                  world_size: int = 1) -> None:
@@ -100,6 +109,12 @@ class PoissonDataLoader(DataLoader):
         if not isinstance(generator, SecureRandom):  # worker seeds follow the sampling stream
             options["generator"] = generator
         super().__init__(dataset, batch_sampler=sampler, collate_fn=collate, **options)
+        self.batches = BatchCount()
+
+    def __iter__(self) -> Iterator:
+        for batch in super().__iter__():
+            self.batches.received += 1
+            yield batch
 
 
 class CollateOrEmpty:
