@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dp_reference import float64_default  # noqa: F401
 from test_engine import SeqHead, check
-from trustlab.errors import ConfigError
+from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import kernel_for, register_vmap_kernel
 from trustlab.privacy import make_private
 
@@ -142,3 +142,25 @@ def test_a_subclass_keeping_the_forward_keeps_the_kernel():
     check(nn.Sequential(PlainSubclass(5, 4), nn.ReLU(), nn.Linear(4, 3)), torch.randn(6, 5),
           torch.randint(0, 3, (6,)))
     assert type(kernel_for(PlainSubclass(2, 2))).__name__ == "LinearKernel"
+
+
+@register_vmap_kernel
+class NoisyGate(Gate):
+    """A Gate with dropout inside its own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(super().forward(x), 0.5, self.training)
+
+
+def test_a_registered_layer_drawing_random_numbers_is_refused_naming_it():
+    """Recomputing one sample's forward draws a new dropout mask: torch.func's own error said
+    only 'called random operation while in randomness error mode'."""
+    model = nn.Sequential(nn.Linear(4, 4), NoisyGate(4))
+    loader = DataLoader(TensorDataset(torch.randn(4, 4), torch.randint(0, 4, (4,))), batch_size=4)
+    model, opt, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                                 noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5,
+                                 poisson_sampling=False)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 4)), torch.randint(0, 4, (4,)))
+    with pytest.raises(TrustlabError, match="NoisyGate.*draws random numbers"):
+        loss.backward()  # the clipping runs at the end of the backward pass
+        opt.step()

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from trustlab.errors import TrustlabError
 from trustlab.kernels.clip import scale_accumulate
 from trustlab.kernels.linear import row_sq_norms
 from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel
@@ -101,7 +102,16 @@ class VmapKernel(LayerKernel):
 
         total: dict[str, Tensor] = {}
         for record in records:
-            grads = torch.func.vmap(one)(record.a, record.g)
+            try:
+                grads = torch.func.vmap(one)(record.a, record.g)
+            except RuntimeError as err:
+                if "random" not in str(err):
+                    raise
+                raise TrustlabError(
+                    f"{type(layer).__name__} (registered with register_vmap_kernel) draws random "
+                    "numbers in its forward (dropout?): its per-sample gradients are recomputed "
+                    "one sample at a time, which cannot draw the same mask again. Move the "
+                    "random part out of the layer (e.g. an nn.Dropout after it)") from err
             total = {n: grads[n] + total[n] if n in total else grads[n] for n in names}
         return total
 
