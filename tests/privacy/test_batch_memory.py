@@ -41,9 +41,12 @@ def test_physical_batches_give_the_logical_batch_steps(num_workers, clipping):
         torch.testing.assert_close(got, ref)
 
 
-def test_poisson_logical_batches_empty_ones_included():
-    """Every Poisson batch (empty ones too) is one step; no physical batch exceeds the limit."""
-    model, opt, loader = _setup(60, 3)  # q = 0.05: about 1 in 20 logical batches is empty
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_poisson_logical_batches_empty_ones_included(num_workers):
+    """Every Poisson batch (empty ones too) is one step; no physical batch exceeds the limit;
+    each step's rows are its logical batch's (the optimizer counts them against the clipped
+    rows), also when worker processes collate the batches."""
+    model, opt, loader = _setup(60, 3, num_workers)  # q = 0.05: about 1 in 20 is empty
     with BatchMemoryManager(data_loader=loader, max_physical_batch_size=1,
                             optimizer=opt) as physical:
         sizes = [s for _ in range(3) for s in train_steps(model, opt, physical)]

@@ -216,12 +216,16 @@ def test_second_backward_through_one_forward_is_an_error_and_records_nothing():
     assert opt.tracker.samples == 12
 
 
-def test_steps_spanning_several_loader_batches_are_refused():
-    """Stepping once per four Poisson batches quadruples the real sampling rate behind the
-    accountant's back: refused (before any update) once the sample count cannot be chance."""
-    model, opt, loader = _setup(n=400, batch=16)
+@pytest.mark.parametrize("poisson", [True, False])
+def test_steps_spanning_several_loader_batches_are_refused(poisson):
+    """Stepping once per four loader batches quadruples the real sampling rate behind the
+    accountant's back: refused before any update; with Poisson batches at the first step (more
+    rows clipped than the last batch holds), with fixed ones once the sample count cannot be
+    chance."""
+    model, opt, loader = _setup(n=400, batch=16, poisson_sampling=poisson)
     batches = iter(loader)
-    with pytest.raises(TrustlabError, match="spans several loader batches"):
+    message = "rows were clipped as samples" if poisson else "spans several loader batches"
+    with pytest.raises(TrustlabError, match=message):
         for _ in range(10):
             before = [p.detach().clone() for p in model.parameters()]
             opt.zero_grad()
@@ -229,8 +233,34 @@ def test_steps_spanning_several_loader_batches_are_refused():
                 x, y = next(batches)
                 F.cross_entropy(model(x), y).backward()
             opt.step()
-    assert opt.steps < 10
+    assert opt.steps == 0 if poisson else opt.steps < 10
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("pattern", ["concatenated views", "two backward passes",
+                                     "a generator pass since zero_grad"])
+def test_a_sample_clipped_in_several_rows_is_refused(pattern):
+    """Each row is clipped to C on its own: a sample in two rows moved the clipped sum by 1.94 C
+    (views concatenated, FixMatch-style), and the statistical sample count let 14 such steps
+    through before refusing with a message about loader batches."""
+    model, opt, loader = _setup(n=64, batch=4)
+    x, y = next(iter(loader))
+    opt.zero_grad()
+    if pattern == "concatenated views":
+        F.cross_entropy(model(torch.cat([x, x + 0.1])), torch.cat([y, y])).backward()
+    elif pattern == "two backward passes":
+        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model(x + 0.1), y).backward()
+    else:  # a DP-GAN: the generator's loss backpropagates through the private discriminator
+        F.cross_entropy(model(torch.randn(5, 5)), torch.ones(5, dtype=torch.long)).backward()
+        F.cross_entropy(model(x), y).backward()
+    with pytest.raises(TrustlabError, match="rows were clipped as samples"):
+        opt.step()
+    assert opt.steps == 0
+    opt.zero_grad()  # the usual loop goes on
+    F.cross_entropy(model(torch.cat([x])), y).backward()
+    opt.step()
+    assert opt.steps == 1
 
 
 def test_one_poisson_batch_per_step_is_never_refused():

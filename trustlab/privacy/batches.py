@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from trustlab.errors import ConfigError
 from trustlab.privacy.optimizer import DPOptimizer
-from trustlab.privacy.sampling import loading_options
+from trustlab.privacy.sampling import CountedBatch, loading_options
 
 
 class _SplitBatchSampler(Sampler[list[int]]):
@@ -53,11 +53,17 @@ class _PhysicalBatches:
 
     def __iter__(self) -> Iterator:
         self.ends.clear()
+        starts_logical_batch = True
         for batch in self.loader:
             ends_logical_batch = self.ends.popleft()
             self.optimizer.signal_skip_step(not ends_logical_batch)
-            if ends_logical_batch and self.optimizer.batches is not None:
-                self.optimizer.batches.received += 1
+            if isinstance(batch, CountedBatch):  # from make_private's Poisson loader
+                received = self.optimizer.received
+                if received is not None:
+                    (received.new_batch if starts_logical_batch else received.more_rows)(
+                        batch.rows)
+                batch = batch.batch
+            starts_logical_batch = ends_logical_batch
             yield batch
 
     def __len__(self) -> int:

@@ -86,7 +86,7 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
                                accountant=accountant, noise_seed=noise_seed,
                                reduce=all_reduce_sums if distributed else None,
                                secure_random=noise_random, adaptive=adaptive,
-                               batches=data_loader.batches if poisson_sampling else None)
+                               received=data_loader.received if poisson_sampling else None)
     tracker.attach()  # last: every check above has passed
     return module, dp_optimizer, data_loader
 

@@ -15,7 +15,7 @@ from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import noisy_write
 from trustlab.privacy.accounting import PrivacyFacts, make_accountant
 from trustlab.privacy.adaptive import AdaptiveClipping
-from trustlab.privacy.sampling import BatchCount
+from trustlab.privacy.sampling import ReceivedBatches
 from trustlab.privacy.secure import SecureRandom
 from trustlab.privacy.tracker import GradSampleTracker
 
@@ -30,7 +30,7 @@ class DPOptimizer(torch.optim.Optimizer):
                                   tuple[list[Tensor], list[float]]] | None = None,
                  secure_random: SecureRandom | None = None,
                  adaptive: AdaptiveClipping | None = None,
-                 batches: BatchCount | None = None) -> None:
+                 received: ReceivedBatches | None = None) -> None:
         self.original_optimizer = optimizer
         self.tracker = tracker
         self.adaptive = adaptive
@@ -45,8 +45,8 @@ class DPOptimizer(torch.optim.Optimizer):
             self.generator = torch.Generator(device=self._device())
             self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
         self.reduce = reduce
-        self.batches = batches  # received from make_private's loader (None: not Poisson)
-        self._batches_stepped = 0  # batches.received at the last step
+        self.received = received  # from make_private's loader (None: not Poisson)
+        self._batches_stepped = 0  # received.count at the last step
         self.steps = 0
         self.samples_seen = 0  # over all steps (and all ranks when distributed)
         self._skip_next_step = False
@@ -144,7 +144,7 @@ class DPOptimizer(torch.optim.Optimizer):
             return loss
         params = self.params()
         self._check_tracked(params)
-        self._check_new_batch()
+        self._check_received()
         sums = [self.tracker.summed[p] if p in self.tracker.summed else torch.zeros_like(p)
                 for p in params]
         counts = [float(self.tracker.samples), float(self.tracker.unclipped)]
@@ -184,21 +184,33 @@ class DPOptimizer(torch.optim.Optimizer):
             "requires_grad and the optimizer's parameters before make_private (detach() this "
             "optimizer and call it again)")
 
-    def _check_new_batch(self) -> None:
-        """Refuse a step when no batch came from make_private's loader since the last one: the
-        accountant counts each step as a fresh Poisson batch, so several steps on one batch, or
-        steps on batches from elsewhere, would spend more ε than it reports."""
-        if self.batches is None:
+    def _check_received(self) -> None:
+        """Refuse a step (with Poisson sampling) on no new batch from make_private's loader, or
+        on more clipped rows than that batch holds: the accountant counts each step as one
+        fresh Poisson batch with each sample's share bounded by C, which several steps on one
+        batch, batches from elsewhere, or a sample clipped in several rows would break."""
+        if self.received is None:
             return
-        if self.batches.received == self._batches_stepped:
+        if self.received.count == self._batches_stepped:
             raise TrustlabError(
                 f"step() without a new batch from the data loader make_private returned (step "
-                f"{self.steps + 1}; {self.batches.received} batches received from it): the "
+                f"{self.steps + 1}; {self.received.count} batches received from it): the "
                 "accountant counts each step as one fresh Poisson batch, so several steps on "
                 "one batch, or batches from another loader (the one given to make_private "
                 "instead of the one it returned), would spend more ε than reported. No update "
                 "was applied. Draw one batch per step from the returned loader")
-        self._batches_stepped = self.batches.received
+        if self.tracker.samples > self.received.rows:
+            raise TrustlabError(
+                f"{self.tracker.samples} rows were clipped as samples for this step, but its "
+                f"batch from the data loader holds {self.received.rows} samples: a sample went "
+                "through the model in several rows, each clipped to max_grad_norm on its own, "
+                "so its share of the sum is not bounded. Views of a batch concatenated "
+                "(torch.cat([x, augment(x)])): run the model on each view and add the losses; "
+                "several backward passes on one batch: add the losses and call backward once; "
+                "a pass through the private model for another optimizer (a GAN's generator): "
+                "call this optimizer's zero_grad() before the batch's forward. No update was "
+                "applied")
+        self._batches_stepped = self.received.count
 
     def _count_noise(self) -> float:
         """One N(0, σ_b²) draw for adaptive clipping's count, from the noise's own source."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -72,12 +72,30 @@ class PoissonBatchSampler(Sampler[list[int]]):
         return self.steps
 
 
-class BatchCount:
-    """How many batches the training loop has received from the loader ``make_private``
-    returned (its :class:`PoissonDataLoader`, or a ``BatchMemoryManager``'s logical batches)."""
+class ReceivedBatches:
+    """What the training loop has received from the loader ``make_private`` returned (its
+    :class:`PoissonDataLoader`, or a ``BatchMemoryManager``'s logical batches): how many
+    batches, and how many samples the last one holds (a logical batch: all its parts)."""
 
     def __init__(self) -> None:
-        self.received = 0
+        self.count = 0
+        self.rows = 0
+
+    def new_batch(self, rows: int) -> None:
+        self.count += 1
+        self.rows = rows
+
+    def more_rows(self, rows: int) -> None:
+        """Another physical part of the last logical batch."""
+        self.rows += rows
+
+
+class CountedBatch(NamedTuple):
+    """A collated batch and how many samples it holds, as the Poisson loader's workers hand it
+    over; the loaders ``make_private`` and ``BatchMemoryManager`` return unwrap it."""
+
+    batch: Any
+    rows: int
 
 
 class PoissonDataLoader(DataLoader):
@@ -85,8 +103,8 @@ class PoissonDataLoader(DataLoader):
     collation and workers, with Poisson batches of rate ``sample_rate = 1 / len(data_loader)``
     (``len(data_loader)`` steps make one expected epoch) drawn from ``generator`` (None:
     torch's default generator; or a ``SecureRandom``). Empty batches have the structure, dtypes
-    and shapes of a batch of the dataset's first sample, with 0 rows. ``batches`` counts the
-    batches received from it (the optimizer checks that each step has a new one)."""
+    and shapes of a batch of the dataset's first sample, with 0 rows. ``received`` counts the
+    batches received from it and their samples (what the optimizer checks each step against)."""
 
     def __init__(self, data_loader: DataLoader, *, generator: Sampling, rank: int = 0,
                  world_size: int = 1) -> None:
@@ -109,22 +127,23 @@ class PoissonDataLoader(DataLoader):
         if not isinstance(generator, SecureRandom):  # worker seeds follow the sampling stream
             options["generator"] = generator
         super().__init__(dataset, batch_sampler=sampler, collate_fn=collate, **options)
-        self.batches = BatchCount()
+        self.received = ReceivedBatches()
 
     def __iter__(self) -> Iterator:
-        for batch in super().__iter__():
-            self.batches.received += 1
-            yield batch
+        for counted in super().__iter__():
+            self.received.new_batch(counted.rows)
+            yield counted.batch
 
 
 class CollateOrEmpty:
-    """``collate`` for a non-empty batch, ``empty`` (the batch of no samples) for an empty one."""
+    """``collate`` for a non-empty batch, ``empty`` (the batch of no samples) for an empty one;
+    either as a :class:`CountedBatch`."""
 
     def __init__(self, collate: Callable[[list], Any], empty: Any) -> None:
         self.collate, self.empty = collate, empty
 
-    def __call__(self, samples: list) -> Any:
-        return self.collate(samples) if samples else self.empty
+    def __call__(self, samples: list) -> CountedBatch:
+        return CountedBatch(self.collate(samples) if samples else self.empty, len(samples))
 
 
 def _no_rows(batch: Any) -> Any:
