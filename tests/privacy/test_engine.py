@@ -235,6 +235,46 @@ def test_embedding_bag_with_offsets_matches_a_per_sample_loop(include_last_offse
         torch.testing.assert_close(tracker.summed[p], w)
 
 
+class TextClassifier(nn.Module):
+    """PyTorch's text-classification tutorial model: ``forward(text, offsets)``, the flat token
+    list first."""
+
+    def __init__(self, include_last_offset: bool) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(9, 5, mode="mean", include_last_offset=include_last_offset)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, text: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.bag(text, offsets)))
+
+
+@pytest.mark.parametrize("include_last_offset", [False, True])
+def test_a_model_taking_flat_text_and_offsets_is_clipped_per_bag(include_last_offset):
+    """Its first argument is the flat token list, not one row per sample: the batch is the bags
+    (it was taken to be the token count, and every step refused with a message about
+    sequence-first tensors)."""
+    torch.manual_seed(8)
+    bags, y = [[1, 2, 2], [4], [3, 3, 3, 8], [0, 7]], torch.randint(0, 3, (4,))
+    model = TextClassifier(include_last_offset)
+
+    def loss(bags_: list[list[int]], labels: torch.Tensor) -> torch.Tensor:
+        flat = torch.tensor([i for b in bags_ for i in b], dtype=torch.long)
+        offsets = torch.tensor([0, *[len(b) for b in bags_]]).cumsum(0)
+        return F.cross_entropy(model(flat, offsets if include_last_offset else offsets[:-1]),
+                               labels)
+
+    want = [torch.zeros_like(p) for p in model.parameters()]
+    for bag, label in zip(bags, y):
+        grads = torch.autograd.grad(loss([bag], label[None]), list(model.parameters()))
+        factor = min(1.0, 0.5 / (torch.cat([g.flatten() for g in grads]).norm().item() + 1e-6))
+        want = [w + factor * g for w, g in zip(want, grads)]
+    tracker = GradSampleTracker(model, 0.5, "mean")
+    tracker.attach()
+    loss(bags, y).backward()
+    for p, w in zip(model.parameters(), want):
+        torch.testing.assert_close(tracker.summed[p], w)
+
+
 def _width(kwargs: dict) -> int:
     return nn.Conv2d(4, 6, 3, **kwargs)(torch.zeros(1, 4, 7, 7)).flatten(2).shape[-1]
 

@@ -171,6 +171,13 @@ class EmbeddingKernel(LayerKernel):
 class EmbeddingBagKernel(EmbeddingKernel):
     module_type = nn.EmbeddingBag
 
+    def flat_input(self, layer: nn.EmbeddingBag, input: Tensor, offsets: Tensor | None = None,
+                   per_sample_weights: Tensor | None = None) -> tuple[int, int] | None:
+        """Flat indices with offsets: ``(entries, bags)``."""
+        if input.dim() != 1 or offsets is None:
+            return None
+        return input.shape[0], offsets.shape[0] - int(layer.include_last_offset)
+
     def capture(self, layer: nn.EmbeddingBag, sink: Sink, input: Tensor,
                 offsets: Tensor | None = None,
                 per_sample_weights: Tensor | None = None) -> Tensor:

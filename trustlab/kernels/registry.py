@@ -56,6 +56,11 @@ class LayerKernel:
         """The layer's forward, with its backward reporting a :class:`Record` to ``sink``."""
         raise NotImplementedError
 
+    def flat_input(self, layer: nn.Module, *args: Any, **kwargs: Any) -> tuple[int, int] | None:
+        """``(rows, samples)`` when this call's input is, by the layer's own convention, not
+        one row per sample (``nn.EmbeddingBag``'s flat indices with offsets); else None."""
+        return None
+
     def sq_norms(self, layer: nn.Module, records: list[Record]) -> tuple[Tensor, Any]:
         """Per-sample squared norms over the layer's parameters, shape (B,), and a state
         that :meth:`clipped_sum` may reuse (e.g. per-sample gradients already materialised)."""

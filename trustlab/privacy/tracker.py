@@ -213,6 +213,10 @@ class GradSampleTracker:
         return refuse
 
     def capture(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
+        flat = self.kernels[layer].flat_input(layer, *args, **kwargs)
+        if flat is not None and flat[0] in self._input_batches:  # the model's input was a
+            self._input_batches.discard(flat[0])  # flat index list: its samples are the bags
+            self._input_batches.add(flat[1])
         out = self.kernels[layer].capture(layer, self.sinks[layer], *args, **kwargs)
         if (self.layer_bounds is not None and out.grad_fn is not None
                 and layer not in self._never_early):  # per-layer: await this use's record
