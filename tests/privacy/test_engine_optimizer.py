@@ -359,6 +359,13 @@ def test_validator_names_unsupported_layers_and_fix():
                                           r"'weight_v'\] are not ones.*remove_weight_norm"):
         make_private(normed, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0,
                      target_delta=1e-5)
+    # new-style parametrizations: the message pointed to register_vmap_kernel, which crashes
+    for parametrized in (nn.utils.parametrizations.weight_norm,
+                         nn.utils.parametrizations.orthogonal):
+        with pytest.raises(ConfigError, match=r"0.parametrizations.weight \(ParametrizationList"
+                                              r"\).*remove_parametrizations"):
+            make_private(nn.Sequential(parametrized(nn.Linear(4, 4))), opt, loader,
+                         noise_multiplier=1.0, max_grad_norm=1.0, target_delta=1e-5)
 
 
 def test_a_parameter_used_outside_its_layer_is_an_error():

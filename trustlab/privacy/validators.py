@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from trustlab.errors import ConfigError
 from trustlab.kernels import VmapKernel, kernel_for, overridden_methods, registered_base
@@ -66,6 +67,12 @@ def _problem(layer: nn.Module) -> tuple[str, str] | None:
                 return why, (f"build it without {reason} (its DP equivalent has no such "
                              "option, so fix cannot swap it)")
             return why, how
+    if isinstance(layer, parametrize.ParametrizationList):
+        return ("a parametrization (parametrizations.weight_norm, spectral_norm, orthogonal) "
+                "computes the layer's tensor from these parameters, and no kernel takes "
+                "per-sample gradients through it",
+                "train without it: torch.nn.utils.parametrize.remove_parametrizations(layer, "
+                "name) keeps the current values as a plain parameter")
     if type(layer) in _CELLS:
         return ("its fused cell kernel keeps the weights out of reach of per-sample kernels",
                 "run DPLSTM/DPGRU/DPRNN over the sequence (fix swaps whole nn.LSTM/GRU/RNN "
