@@ -72,6 +72,38 @@ def test_a_logical_batch_left_unfinished_is_not_stepped_later():
     assert opt.steps == 1 and opt.samples_seen == 12
 
 
+def test_a_loop_left_mid_batch_can_start_again_inside_the_manager():
+    """Its partial clipped sums were kept and joined the next logical batch's: refused as more
+    rows than the batch holds."""
+    model, opt, loader = _setup(60, 3)
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=1,
+                            optimizer=opt) as physical:
+        for x, y in physical:
+            opt.zero_grad()
+            steps = opt.steps
+            if len(x):
+                F.cross_entropy(model(x), y).backward()
+            opt.step()
+            if opt.steps == steps:  # a part of a logical batch: left in the middle
+                break
+        train_steps(model, opt, physical)
+    assert opt.steps >= len(loader)
+
+
+def test_step_hooks_run_once_per_logical_batch():
+    """They ran on every physical part too: an EMA of the weights in a post hook averaged 27
+    times over 6 real steps."""
+    model, opt, loader = _setup(60, 3)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=1,
+                            optimizer=opt) as physical:
+        sizes = train_steps(model, opt, physical)
+    assert len(sizes) > opt.steps == len(loader)
+    assert calls == ["pre", "post"] * opt.steps
+
+
 def test_bad_physical_batch_size_is_a_clear_error():
     model, opt, loader = _setup(12, 4)
     with pytest.raises(ConfigError, match="max_physical_batch_size"):

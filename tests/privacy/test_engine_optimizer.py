@@ -136,6 +136,40 @@ def test_a_step_needs_a_new_batch_from_the_returned_loader():
     assert opt.steps == 2
 
 
+def test_a_loop_fetching_ahead_of_its_steps_is_not_refused():
+    """A fetcher one batch ahead (as Lightning's prefetching fetcher) or the whole epoch listed
+    first: each step is matched with the oldest batch received and not stepped yet."""
+    model, opt, loader = _setup(n=64, batch=4, noise_multiplier=0.0)
+    batches = iter(loader)
+    ahead = next(batches)
+    for upcoming in batches:
+        (x, y), ahead = ahead, upcoming
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert opt.steps == len(loader) - 1
+    epoch = list(loader)
+    for x, y in epoch:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert opt.steps == 2 * len(loader) - 1
+
+
+def test_rows_that_are_not_samples_are_refused_even_when_fewer():
+    """A sequence-first input to a model of Linear layers: each time step was clipped as a
+    sample (one sample moved the sum by 1.62 C), and nothing refused it while T <= B."""
+    model, opt, loader = _setup(n=64, batch=16)
+    x, _ = next(iter(loader))  # 16 samples expected
+    assert len(x) > 3
+    steps_first = torch.randn(3, len(x), 5)  # (T, B, features): rows are time steps
+    opt.zero_grad()
+    model(steps_first).sum().backward()
+    with pytest.raises(TrustlabError, match="Fewer: rows that are not samples"):
+        opt.step()
+    assert opt.steps == 0
+
+
 def test_gradient_accumulation_equals_one_big_batch():
     x, y = torch.randn(12, 5), torch.randint(0, 2, (12,))
     grads = []

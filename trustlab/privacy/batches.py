@@ -53,6 +53,7 @@ class _PhysicalBatches:
 
     def __iter__(self) -> Iterator:
         self.ends.clear()
+        self.optimizer.discard_accumulated()  # a loop left mid-batch and started again
         starts_logical_batch = True
         for batch in self.loader:
             ends_logical_batch = self.ends.popleft()

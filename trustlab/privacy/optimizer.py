@@ -46,7 +46,6 @@ class DPOptimizer(torch.optim.Optimizer):
             self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
         self.reduce = reduce
         self.received = received  # from make_private's loader (None: not Poisson)
-        self._batches_stepped = 0  # received.count at the last step
         self.steps = 0
         self.samples_seen = 0  # over all steps (and all ranks when distributed)
         self._skip_next_step = False
@@ -55,12 +54,11 @@ class DPOptimizer(torch.optim.Optimizer):
 
     def _add_hook_tables(self) -> None:
         """What ``Optimizer.__init__`` sets up besides the parameters (those stay the wrapped
-        optimizer's): the hook tables of ``register_step_pre_hook`` and its kin, and the step
-        wrapper that runs the step hooks."""
+        optimizer's): the hook tables of ``register_step_pre_hook`` and its kin. :meth:`step`
+        runs the step hooks itself, on real steps only (not on a logical batch's parts)."""
         for kind in ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
                      "load_state_dict_pre", "load_state_dict_post"):
             setattr(self, f"_optimizer_{kind}_hooks", OrderedDict())
-        self._patch_step_function()
 
     def __getstate__(self) -> dict:
         """Refused: a copy (``copy.deepcopy``, pickling) would not be bound to the model's taps,
@@ -135,6 +133,9 @@ class DPOptimizer(torch.optim.Optimizer):
         included: it still adds noise and is still accounted), or, after
         ``signal_skip_step()``, nothing but keeping the clipped sums for the next one."""
         loss = None
+        if not self._skip_next_step:
+            for pre_hook in list(self._optimizer_step_pre_hooks.values()):
+                pre_hook(self, (), {})
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -166,6 +167,8 @@ class DPOptimizer(torch.optim.Optimizer):
                 self.expected_batch_size)
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         self.steps += 1
+        for post_hook in list(self._optimizer_step_post_hooks.values()):
+            post_hook(self, (), {})
         return loss
 
     def _check_tracked(self, params: list[Tensor]) -> None:
@@ -185,32 +188,36 @@ class DPOptimizer(torch.optim.Optimizer):
             "optimizer and call it again)")
 
     def _check_received(self) -> None:
-        """Refuse a step (with Poisson sampling) on no new batch from make_private's loader, or
-        on more clipped rows than that batch holds: the accountant counts each step as one
-        fresh Poisson batch with each sample's share bounded by C, which several steps on one
-        batch, batches from elsewhere, or a sample clipped in several rows would break."""
+        """Refuse a step (with Poisson sampling) unless its clipped rows are the samples of a
+        batch received from make_private's loader and not stepped yet: the accountant counts
+        each step as one fresh Poisson batch with each sample's share bounded by C, which
+        several steps on one batch, batches from elsewhere, a sample clipped in several rows,
+        or rows that are not samples would break."""
         if self.received is None:
             return
-        if self.received.count == self._batches_stepped:
+        if not self.received.unstepped:
             raise TrustlabError(
                 f"step() without a new batch from the data loader make_private returned (step "
-                f"{self.steps + 1}; {self.received.count} batches received from it): the "
-                "accountant counts each step as one fresh Poisson batch, so several steps on "
-                "one batch, or batches from another loader (the one given to make_private "
-                "instead of the one it returned), would spend more ε than reported. No update "
-                "was applied. Draw one batch per step from the returned loader")
-        if self.tracker.samples > self.received.rows:
+                f"{self.steps + 1}; {self.received.count} batches received from it, all "
+                "stepped): the accountant counts each step as one fresh Poisson batch, so "
+                "several steps on one batch, or batches from another loader (the one given to "
+                "make_private instead of the one it returned), would spend more ε than "
+                "reported. No update was applied. Draw one batch per step from the returned "
+                "loader")
+        if not self.received.take(self.tracker.samples):
+            held = ", ".join(map(str, self.received.unstepped))
             raise TrustlabError(
-                f"{self.tracker.samples} rows were clipped as samples for this step, but its "
-                f"batch from the data loader holds {self.received.rows} samples: a sample went "
-                "through the model in several rows, each clipped to max_grad_norm on its own, "
-                "so its share of the sum is not bounded. Views of a batch concatenated "
-                "(torch.cat([x, augment(x)])): run the model on each view and add the losses; "
-                "several backward passes on one batch: add the losses and call backward once; "
-                "a pass through the private model for another optimizer (a GAN's generator): "
-                "call this optimizer's zero_grad() before the batch's forward. No update was "
+                f"{self.tracker.samples} rows were clipped as samples for this step, but the "
+                f"batches received from the data loader and not stepped yet hold {held} "
+                "samples: the clipped rows are not one batch's samples. More rows: a sample "
+                "went through the model in several rows, each clipped to max_grad_norm on its "
+                "own (views of a batch concatenated: run the model on each view and add the "
+                "losses; several backward passes on one batch: add the losses and call "
+                "backward once; a pass for another optimizer, such as a GAN's generator: call "
+                "this optimizer's zero_grad() before the batch's forward; several loader "
+                "batches per step: use BatchMemoryManager). Fewer: rows that are not samples "
+                "(a sequence-first input: batch_first=True) or samples left out. No update was "
                 "applied")
-        self._batches_stepped = self.received.count
 
     def _count_noise(self) -> float:
         """One N(0, σ_b²) draw for adaptive clipping's count, from the noise's own source."""

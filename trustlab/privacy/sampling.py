@@ -12,6 +12,7 @@ numbers of steps, pair different steps' sums in the all-reduce, and the last one
 
 from __future__ import annotations
 
+import collections
 import warnings
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, NamedTuple
@@ -73,21 +74,31 @@ class PoissonBatchSampler(Sampler[list[int]]):
 
 
 class ReceivedBatches:
-    """What the training loop has received from the loader ``make_private`` returned (its
-    :class:`PoissonDataLoader`, or a ``BatchMemoryManager``'s logical batches): how many
-    batches, and how many samples the last one holds (a logical batch: all its parts)."""
+    """The batches the training loop has received from the loader ``make_private`` returned
+    (its :class:`PoissonDataLoader`, or a ``BatchMemoryManager``'s logical batches, all parts
+    counted) that no step has used yet, as their sample counts, oldest first: a loop may fetch
+    ahead of its steps (a prefetching fetcher) or skip a batch."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.rows = 0
+        self.unstepped: collections.deque[int] = collections.deque()
 
     def new_batch(self, rows: int) -> None:
         self.count += 1
-        self.rows = rows
+        self.unstepped.append(rows)
 
     def more_rows(self, rows: int) -> None:
         """Another physical part of the last logical batch."""
-        self.rows += rows
+        self.unstepped[-1] += rows
+
+    def take(self, rows: int) -> bool:
+        """Mark the oldest unstepped batch of ``rows`` samples as stepped, and every batch
+        received before it as skipped; False (nothing marked) when none has ``rows``."""
+        if rows not in self.unstepped:
+            return False
+        while self.unstepped.popleft() != rows:
+            pass
+        return True
 
 
 class CountedBatch(NamedTuple):

@@ -476,8 +476,8 @@ def _note_input_batch(module: nn.Module, args: tuple, kwargs: dict) -> None:
         return
     packed = nn.utils.rnn.PackedSequence
     first = next((t for t in (*args, *kwargs.values()) if isinstance(t, Tensor | packed)), None)
-    if isinstance(first, packed):
-        tracker._input_batches.add(int(first.batch_sizes[0]))
+    if isinstance(first, packed):  # an empty one has no batch sizes
+        tracker._input_batches.add(int(first.batch_sizes[0]) if len(first.batch_sizes) else 0)
         return
     dim = 1 if getattr(module, "batch_first", True) is False else 0
     if first is not None and first.dim() > dim:
