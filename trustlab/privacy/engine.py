@@ -86,7 +86,8 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
                                accountant=accountant, noise_seed=noise_seed,
                                reduce=all_reduce_sums if distributed else None,
                                secure_random=noise_random, adaptive=adaptive,
-                               received=data_loader.received if poisson_sampling else None)
+                               received=data_loader.received if poisson_sampling else None,
+                               sampling=sampling_source if poisson_sampling else None)
     tracker.attach()  # last: every check above has passed
     return module, dp_optimizer, data_loader
 
@@ -150,5 +151,20 @@ def _random_sources(data_loader: DataLoader, distributed: bool, secure_mode: boo
         key = shared_key(2 * KEY_BYTES) if distributed else secrets.token_bytes(2 * KEY_BYTES)
         return None, SecureRandom(key[:KEY_BYTES]), SecureRandom(key[KEY_BYTES:])
     if distributed:
-        return shared_seed(noise_seed), None, shared_generator(data_loader.generator)
-    return noise_seed, None, data_loader.generator
+        noise_seed = shared_seed(noise_seed)
+        return noise_seed, None, shared_generator(_sampling_generator(data_loader, noise_seed))
+    return noise_seed, None, _sampling_generator(data_loader, noise_seed)
+
+
+def _sampling_generator(data_loader: DataLoader, noise_seed: int | None) -> torch.Generator:
+    """The Poisson masks' own generator: the loader's, when it has one; else one seeded from
+    ``noise_seed`` (a stream apart from the noise's) or at random. Never torch's default one:
+    a resumed run seeded like the first (``torch.manual_seed(0)`` in both) drew the same
+    batches again, accounted as fresh ones; the optimizer's ``state_dict`` saves this one."""
+    if data_loader.generator is not None:
+        return data_loader.generator
+    seed = secrets.randbits(63) if noise_seed is None else (noise_seed + _SAMPLING_SEED_OFFSET)
+    return torch.Generator().manual_seed(seed % 2**63)
+
+
+_SAMPLING_SEED_OFFSET = 0x9E3779B97F4A7C15  # the masks' stream apart from the noise's

@@ -15,7 +15,7 @@ from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import noisy_write
 from trustlab.privacy.accounting import PrivacyFacts, make_accountant
 from trustlab.privacy.adaptive import AdaptiveClipping
-from trustlab.privacy.sampling import ReceivedBatches
+from trustlab.privacy.sampling import ReceivedBatches, Sampling
 from trustlab.privacy.secure import SecureRandom
 from trustlab.privacy.tracker import GradSampleTracker
 
@@ -30,7 +30,8 @@ class DPOptimizer(torch.optim.Optimizer):
                                   tuple[list[Tensor], list[float]]] | None = None,
                  secure_random: SecureRandom | None = None,
                  adaptive: AdaptiveClipping | None = None,
-                 received: ReceivedBatches | None = None) -> None:
+                 received: ReceivedBatches | None = None,
+                 sampling: Sampling = None) -> None:
         self.original_optimizer = optimizer
         self.tracker = tracker
         self.adaptive = adaptive
@@ -46,6 +47,7 @@ class DPOptimizer(torch.optim.Optimizer):
             self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
         self.reduce = reduce
         self.received = received  # from make_private's loader (None: not Poisson)
+        self.sampling = sampling  # the Poisson masks' source, saved with the noise's
         self.steps = 0
         self.samples_seen = 0  # over all steps (and all ranks when distributed)
         self._skip_next_step = False
@@ -253,18 +255,20 @@ class DPOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         """The wrapped optimizer's state and the privacy state (accountant history, steps,
-        samples seen, the noise generator's position): a resumed run goes on spending ε and
-        drawing fresh noise instead of restarting both. In secure mode the noise key is not
+        samples seen, the positions of the noise's and the Poisson masks' generators): a resumed
+        run goes on spending ε and drawing fresh noise and batches instead of replaying them. In secure mode the noise key is not
         saved (``noise_generator`` is None): a resumed run draws a new key. Loadable with
         ``weights_only=True``."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         generator = None if self.generator is None else self.generator.get_state()
+        sampling = (self.sampling.get_state() if isinstance(self.sampling, torch.Generator)
+                    else None)
         state = {"optimizer": self.original_optimizer.state_dict(),
                  "privacy": {"accountant": dict(self.accountant.state_dict()),
                              "steps": self.steps, "samples_seen": self.samples_seen,
                              "max_grad_norm": self.max_grad_norm,
-                             "noise_generator": generator}}
+                             "noise_generator": generator, "sampling_generator": sampling}}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             state = post_hook(self, state) or state
         return state
@@ -293,6 +297,9 @@ class DPOptimizer(torch.optim.Optimizer):
         self.max_grad_norm = float(privacy.get("max_grad_norm", self.max_grad_norm))
         if self.generator is not None:
             self.generator.set_state(generator)
+        sampling = privacy.get("sampling_generator")
+        if sampling is not None and isinstance(self.sampling, torch.Generator):
+            self.sampling.set_state(sampling)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
