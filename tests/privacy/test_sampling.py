@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import warnings
 
 import pytest
@@ -101,6 +103,45 @@ def test_empty_batches_keep_the_structure_of_dict_and_bare_tensor_samples(as_dic
         assert empty["label"].dtype == full["label"].dtype
     else:
         assert isinstance(empty, torch.Tensor) and empty.shape == (0, 5)
+
+
+@dataclasses.dataclass
+class _Batch:
+    x: torch.Tensor
+    lengths: list
+
+
+class _Opaque:
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+
+@pytest.mark.parametrize("collate", ["dataclass", "zip", "lengths list"])
+def test_empty_batches_of_custom_collates_hold_no_sample(collate):
+    """An empty Poisson batch of a dataclass, or a list of lengths, kept the first sample's
+    values (a real row in an empty batch); a detection-style zip collate crashed make_private
+    on its 0-d labels."""
+    data = TensorDataset(torch.randn(40, 5), torch.arange(40))
+    collates = {"dataclass": lambda s: _Batch(torch.stack([x for x, _ in s]), [5] * len(s)),
+                "zip": lambda s: tuple(zip(*s)),
+                "lengths list": lambda s: (torch.stack([x for x, _ in s]), [5] * len(s))}
+    loader = PoissonDataLoader(DataLoader(data, batch_size=2, collate_fn=collates[collate]),
+                               generator=torch.Generator().manual_seed(1))
+    empty = next(b for b in loader if not len(b.lengths if collate == "dataclass" else b[1]))
+    if collate == "dataclass":
+        assert empty.x.shape == (0, 5) and empty.lengths == []
+    elif collate == "zip":
+        assert empty == ((), ()) or all(len(field) == 0 for field in empty)
+    else:
+        assert empty[0].shape == (0, 5) and empty[1] == []
+
+
+def test_a_collated_type_that_cannot_be_emptied_is_refused_naming_it():
+    data = TensorDataset(torch.randn(8, 5))
+    with pytest.raises(ConfigError, match="returns a _Opaque inside its batches"):
+        PoissonDataLoader(DataLoader(data, batch_size=2,
+                                     collate_fn=lambda s: _Opaque(torch.stack([x for x, in s]))),
+                          generator=None)
 
 
 def test_a_subset_sampler_keeps_its_split():

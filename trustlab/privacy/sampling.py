@@ -13,6 +13,7 @@ numbers of steps, pair different steps' sums in the all-reduce, and the last one
 from __future__ import annotations
 
 import collections
+import dataclasses
 import warnings
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, NamedTuple
@@ -130,7 +131,8 @@ class PoissonDataLoader(DataLoader):
         steps = len(data_loader)
         self.sample_rate = 1 / steps
         indices = population(data_loader)
-        empty = _no_rows(data_loader.collate_fn([dataset[0 if indices is None else indices[0]]]))
+        first = dataset[0 if indices is None else indices[0]]
+        empty = _no_rows(data_loader.collate_fn([first]), data_loader.collate_fn([first, first]))
         collate = CollateOrEmpty(data_loader.collate_fn, empty)
         sampler = PoissonBatchSampler(population_size(data_loader), self.sample_rate, steps,
                                       generator, rank, world_size, indices)
@@ -157,19 +159,33 @@ class CollateOrEmpty:
         return CountedBatch(self.collate(samples) if samples else self.empty, len(samples))
 
 
-def _no_rows(batch: Any) -> Any:
-    """``batch`` (collated: tensors, dicts, tuples, lists) with every tensor cut to 0 rows."""
-    if isinstance(batch, Tensor):
-        return batch[:0]
-    if isinstance(batch, Mapping):
-        return type(batch)({k: _no_rows(v) for k, v in batch.items()})  # type: ignore[call-arg]
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(_no_rows(v) for v in batch))
-    if isinstance(batch, list | tuple):
-        if all(isinstance(v, str) for v in batch):  # a collated field of strings
-            return type(batch)()
-        return type(batch)(_no_rows(v) for v in batch)
-    return batch
+def _no_rows(one: Any, two: Any) -> Any:
+    """The batch of no samples, from ``one`` and ``two``: a collate function's batches of one
+    sample and of that sample twice. What grows with the samples (a tensor's dim 0, a sequence
+    of per-sample values) is cut to none; the structure (dicts, dataclasses, tuples of fields)
+    is kept; a type it cannot see into is a ConfigError (its empty batch would hold the
+    sample)."""
+    if isinstance(one, Tensor):
+        grows = one.dim() > 0 and two.dim() > 0 and two.shape[0] == 2 * one.shape[0]
+        return one[:0] if grows else one
+    if isinstance(one, Mapping):
+        return type(one)({k: _no_rows(v, two[k]) for k, v in one.items()})  # type: ignore
+    if dataclasses.is_dataclass(one) and not isinstance(one, type):
+        return dataclasses.replace(one, **{
+            f.name: _no_rows(getattr(one, f.name), getattr(two, f.name))
+            for f in dataclasses.fields(one) if f.init})
+    if isinstance(one, tuple) and hasattr(one, "_fields"):  # a namedtuple
+        return type(one)(*(_no_rows(a, b) for a, b in zip(one, two)))
+    if isinstance(one, list | tuple):
+        if len(two) == 2 * len(one):  # one value per sample
+            return type(one)()
+        return type(one)(_no_rows(a, b) for a, b in zip(one, two))
+    if one is None or isinstance(one, str | bytes | int | float | bool):
+        return one
+    raise ConfigError(
+        f"the data loader's collate_fn returns a {type(one).__name__} inside its batches, "
+        "which trustlab cannot cut to the empty batch an empty Poisson draw needs (it would "
+        "hold a sample). Collate into tensors, dicts, tuples, lists or dataclasses")
 
 
 def _warn_if_replaced(data_loader: DataLoader) -> None:

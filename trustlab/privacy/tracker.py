@@ -329,7 +329,9 @@ class GradSampleTracker:
         if len(sizes) != 1:
             raise TrustlabError(f"layers saw different batch sizes {sorted(sizes)} in one "
                                 "backward pass; per-sample clipping needs the batch in dim 0 "
-                                "of every layer input (set batch_first=True)")
+                                "of every layer input (set batch_first=True), and forward "
+                                "passes joined in one loss must have the same batch size (a "
+                                "GAN's fake batch: as many as the real one)")
         batch = sizes.pop()
         if batch == 0:  # an empty Poisson batch contributes nothing; step() still adds noise
             return
