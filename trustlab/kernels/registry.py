@@ -50,7 +50,11 @@ class LayerKernel:
     def param_names(self, layer: nn.Module) -> list[str]:
         """Names of the layer's trainable parameters this kernel produces gradients for."""
         return [n for n, p in layer.named_parameters(recurse=False)
-                if p.requires_grad and (self.parameters is None or n in self.parameters)]
+                if p.requires_grad and self.covers(n)]
+
+    def covers(self, name: str) -> bool:
+        """Whether it computes gradients for the layer's own parameter ``name``."""
+        return self.parameters is None or name in self.parameters
 
     def capture(self, layer: nn.Module, sink: Sink, *args: Any, **kwargs: Any) -> Tensor:
         """The layer's forward, with its backward reporting a :class:`Record` to ``sink``."""
@@ -103,16 +107,16 @@ def overridden_methods(layer: nn.Module) -> list[str]:
     cls = registered_base(layer)
     if cls is None or _KERNELS[cls].runs_own_forward:
         return []
-    own = _own_class(layer)
+    own = own_class(layer)
     return [m for m in _KERNELS[cls].function_methods if getattr(own, m) is not getattr(cls, m)]
 
 
 def registered_base(layer: nn.Module) -> type[nn.Module] | None:
     """The nearest class of ``layer`` (itself or a base) that a kernel is registered for."""
-    return next((cls for cls in _own_class(layer).__mro__ if cls in _KERNELS), None)
+    return next((cls for cls in own_class(layer).__mro__ if cls in _KERNELS), None)
 
 
-def _own_class(layer: nn.Module) -> type[nn.Module]:
+def own_class(layer: nn.Module) -> type[nn.Module]:
     """``layer``'s class, or while the DP engine tracks it, the class its tapped one stands for."""
     return getattr(type(layer), "untapped_class", type(layer))
 

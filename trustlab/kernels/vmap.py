@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from trustlab.errors import TrustlabError
 from trustlab.kernels.clip import scale_accumulate
 from trustlab.kernels.linear import row_sq_norms
-from trustlab.kernels.registry import LayerKernel, Record, Sink, register_kernel
+from trustlab.kernels.registry import LayerKernel, Record, Sink, own_class, register_kernel
 
 Run = Callable[[dict[str, Tensor], Tensor], Tensor]
 
@@ -62,12 +62,12 @@ def _plain_run(layer: nn.Module) -> Run:
 
 class _Plain(nn.Module):
     """Calls ``layer``'s own forward: while tracked, the layer's class is a subclass whose
-    forward would capture again; it names the class it stands for as ``untapped_class``."""
+    forward would capture again (:func:`~trustlab.kernels.registry.own_class`)."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
-        self.forward_of = getattr(type(layer), "untapped_class", type(layer)).forward
+        self.forward_of = own_class(layer).forward
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_of(self.layer, x)

@@ -256,9 +256,9 @@ class DPOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         """The wrapped optimizer's state and the privacy state (accountant history, steps,
         samples seen, the positions of the noise's and the Poisson masks' generators): a resumed
-        run goes on spending ε and drawing fresh noise and batches instead of replaying them. In secure mode the noise key is not
-        saved (``noise_generator`` is None): a resumed run draws a new key. Loadable with
-        ``weights_only=True``."""
+        run goes on spending ε and drawing fresh noise and batches instead of replaying them.
+        In secure mode the noise key is not saved (``noise_generator`` is None): a resumed run
+        draws a new key. Loadable with ``weights_only=True``."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         generator = None if self.generator is None else self.generator.get_state()

@@ -28,7 +28,8 @@ from torch.autograd.graph import get_gradient_edge
 
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import (LayerKernel, Record, automatic_factors, clip_factors, data_key,
-                              kernel_for, row_sq_norms, scale_accumulate, shared_results)
+                              kernel_for, own_class, row_sq_norms, scale_accumulate,
+                              shared_results)
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
 _TAPPED_CLASSES: dict[type, type] = {}
@@ -103,8 +104,7 @@ class GradSampleTracker:
         # every parameter a tapped layer's kernel covers, frozen ones too (unfrozen later,
         # its records give them gradients)
         self.tracked = {p for layer, kernel in self.kernels.items()
-                        for n, p in layer.named_parameters(recurse=False)
-                        if kernel.parameters is None or n in kernel.parameters}
+                        for n, p in layer.named_parameters(recurse=False) if kernel.covers(n)}
         already = [name for layer, name in self.layers.items() if layer in _TRACKERS]
         if already:
             raise ConfigError(
@@ -177,7 +177,7 @@ class GradSampleTracker:
         _ROOTS.pop(self.module, None)
         for layer in self.layers:
             _TRACKERS.pop(layer, None)
-            layer.__class__ = getattr(layer.__class__, "untapped_class", layer.__class__)
+            layer.__class__ = own_class(layer)
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
