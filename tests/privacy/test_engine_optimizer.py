@@ -14,6 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from dp_reference import assert_close_sums, per_sample_grads, train_steps
 from trustlab.errors import ConfigError, TrustlabError
+from trustlab.kernels import philox
 from trustlab.privacy import compute_epsilon, fix, make_private
 
 
@@ -42,18 +43,27 @@ def test_noise_std_is_sigma_times_c(secure):
     assert opt.privacy_facts(1e-5).secure_mode == secure
 
 
-def test_noise_is_the_seeded_generators_sequence():
-    """Each step's noise is the next draw of the generator seeded with ``noise_seed``, laid out
-    over the parameters in order (reproducible runs, one draw per step)."""
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "torch"])
+def test_noise_is_the_seeded_generators_sequence(native, monkeypatch):
+    """Each step's noise is the next draw of the generator seeded with ``noise_seed``
+    (reproducible runs): with the native kernel, one Philox key per step and each parameter
+    its own stream; with torch's sampler, one draw laid out over the parameters in order."""
+    monkeypatch.setenv("TRUSTLAB_NATIVE", native)
     model, opt, _ = _setup(noise_multiplier=1.3, max_grad_norm=0.7, poisson_sampling=False)
+    params = list(model.parameters())
     generator = torch.Generator().manual_seed(0)
-    size = sum(p.numel() for p in model.parameters())
     for _ in range(3):
         opt.zero_grad()
         opt.step()
-        expected = torch.randn(size, generator=generator) * 1.3 * 0.7 / opt.expected_batch_size
-        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.parameters()]),
-                                   expected)
+        if philox.native_available(params[0]):
+            key = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+            noise = torch.cat([philox.philox_normals(p.numel(), key, stream)
+                               for stream, p in enumerate(params)])
+        else:
+            noise = torch.randn(sum(p.numel() for p in params), generator=generator)
+        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in params]),
+                                   noise * 1.3 * 0.7 / opt.expected_batch_size,
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_average_divides_by_expected_not_realised_batch_size():

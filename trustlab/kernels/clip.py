@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from trustlab.kernels.philox import native_available, native_noisy_write
 from trustlab.kernels.registry import use_triton
 
 CLIP_EPS = 1e-6
@@ -41,9 +42,10 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
                 draw_normal: Callable[[int, float, torch.device], Tensor] | None = None,
                 ) -> list[Tensor]:
     """``(s + N(0, std^2)) / denominator`` for every tensor: noise added once, in the final
-    write. The torch path draws all the noise into one flat buffer at scale
-    ``std / denominator`` (the scale applied inside the sampler: no extra pass) and adds
-    ``s / denominator`` in one foreach op; the results are views of that buffer.
+    write: Triton on CUDA, the native Philox kernel for float32 on the CPU (each one fresh
+    key per step from ``generator``). The torch path draws all the noise into one flat buffer
+    at scale ``std / denominator`` (the scale applied inside the sampler: no extra pass) and
+    adds ``s / denominator`` in one foreach op; the results are views of that buffer.
     ``draw_normal(n, std, device)``, when given, draws the noise instead (any dtype)."""
     if not sums:
         return []
@@ -53,10 +55,14 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
     if use_triton(sums[0]) and draw_normal is None:
         # one 63-bit Philox seed per step, each tensor at its own offset of that stream: no two
         # tensors or steps share noise (31-bit seeds per tensor collide within ~10^5 steps)
-        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=sums[0].device))
+        seed = _step_key(generator, sums[0].device)
         offsets = itertools.accumulate((s.numel() for s in sums[:-1]), initial=0)
         return [triton_noisy_write(s, std, denominator, seed, offset)
                 for s, offset in zip(sums, offsets)]
+    if std > 0 and draw_normal is None and native_available(sums[0]):
+        key = _step_key(generator, sums[0].device)  # each tensor its own stream of that key
+        return [native_noisy_write(s, std, 1.0 / denominator, key, stream)
+                for stream, s in enumerate(sums)]
     size, like = sum(s.numel() for s in sums), sums[0]
     if std > 0 and draw_normal is not None:
         flat = draw_normal(size, std / denominator, like.device).to(like.dtype)
@@ -68,6 +74,11 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
     out = [n.view_as(s) for n, s in zip(flat.split([s.numel() for s in sums]), sums)]
     torch._foreach_add_(out, sums, alpha=1.0 / denominator)
     return out
+
+
+def _step_key(generator: torch.Generator | None, device: torch.device) -> int:
+    """A fresh 63-bit Philox key for one step's noise, from the optimizer's generator."""
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
 
 
 def _by_kind(tensors: list[Tensor], write: Callable[[list[Tensor]], list[Tensor]]

@@ -1,0 +1,107 @@
+"""The native CPU noise kernel against its torch reference, Random123's Philox answers and the
+normal distribution; its build and fallback."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+from trustlab.kernels import clip, native, philox
+
+needs_native = pytest.mark.skipif(not philox.native_available(torch.zeros(1)),
+                                  reason="no C compiler: the native kernel is not built")
+U64 = 2**64
+
+
+@pytest.mark.parametrize("counter, key, words", [
+    # Random123's kat_vectors for philox4x32_10: counter words (c0, c1, c2, c3), key (k0, k1)
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+])
+def test_reference_philox_gives_random123s_answers(counter, key, words):
+    low = counter[0] | counter[1] << 32
+    low -= U64 if low >= 2**63 else 0  # int64 holds the 64-bit counter's bits
+    got = philox.philox_words(torch.tensor([low]), counter[2] | counter[3] << 32,
+                              key[0] | key[1] << 32)
+    assert got[0].tolist() == list(words)
+
+
+@needs_native
+@pytest.mark.parametrize("n, key, stream", [(1, 0, 0), (255, 5, 1), (256, 2**63 + 7, 3),
+                                            (1000, 123, 2**40), (92_162, U64 - 1, U64 - 1)])
+def test_native_normals_equal_the_reference(n, key, stream):
+    got = philox.native_noisy_write(torch.zeros(n), 1.0, 1.0, key, stream)
+    # the same words; log, cos and sin differ from torch's by a few ulps
+    torch.testing.assert_close(got, philox.philox_normals(n, key, stream), rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_native_write_adds_scaled_noise_to_the_sum():
+    torch.manual_seed(0)
+    summed = torch.randn(3, 700)
+    got = philox.native_noisy_write(summed, 2.5, 1 / 8, key=11, stream=4)
+    want = (summed.flatten() + 2.5 * philox.philox_normals(2100, 11, 4)) / 8
+    torch.testing.assert_close(got, want.view(3, 700), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got, philox.native_noisy_write(summed, 2.5, 1 / 8, 11, 5))
+
+
+@needs_native
+def test_native_normals_are_standard_normal_and_streams_independent():
+    n = 400_000
+    z = philox.native_noisy_write(torch.zeros(n), 1.0, 1.0, key=2**62 + 3, stream=0).double()
+    assert stats.kstest(z.numpy(), "norm").pvalue > 1e-4
+    assert abs(z.mean()) < 5 / math.sqrt(n) and abs(z.std() - 1) < 5 / math.sqrt(2 * n)
+    other = philox.native_noisy_write(torch.zeros(n), 1.0, 1.0, key=2**62 + 3, stream=1)
+    assert abs(torch.corrcoef(torch.stack([z, other.double()]))[0, 1]) < 5 / math.sqrt(n)
+
+
+@needs_native
+def test_engine_write_uses_one_fresh_key_per_step_and_a_stream_per_tensor():
+    sums = [torch.ones(3, 4), torch.zeros(10)]
+    got = clip.noisy_write(sums, 0.7, 4.0, torch.Generator().manual_seed(9))
+    key = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(9)))
+    for stream, (s, out) in enumerate(zip(sums, got)):
+        want = (s.flatten() + 0.7 * philox.philox_normals(s.numel(), key, stream)) / 4
+        torch.testing.assert_close(out, want.view_as(s), rtol=1e-5, atol=1e-5)
+
+
+def test_off_switch_and_other_dtypes_use_torchs_sampler(monkeypatch):
+    monkeypatch.setenv("TRUSTLAB_NATIVE", "0")
+    assert not philox.native_available(torch.zeros(1))
+    sums = [torch.zeros(50)]
+    got = clip.noisy_write(sums, 1.0, 1.0, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(got[0], torch.randn(50, generator=torch.Generator().manual_seed(1)))
+    monkeypatch.delenv("TRUSTLAB_NATIVE")
+    assert not philox.native_available(torch.zeros(1, dtype=torch.float64))
+
+
+def test_a_failed_build_falls_back_and_leaves_no_partial_file(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("TRUSTLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    native.load.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger=native.__name__):
+            assert native.load("philox_noise") is None
+        assert "torch path" in caplog.text
+        assert not list(tmp_path.rglob("*.so*"))
+    finally:
+        native.load.cache_clear()
+
+
+@needs_native
+def test_a_build_is_cached_by_source_and_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRUSTLAB_CACHE_DIR", str(tmp_path))
+    native.load.cache_clear()
+    try:
+        assert native.load("philox_noise") is not None
+        built = sorted(p.name for p in tmp_path.rglob("*"))
+        assert built == ["native", built[1]] and built[1].startswith("philox_noise-")
+        assert built[1].endswith(".so")
+    finally:
+        native.load.cache_clear()

@@ -1,0 +1,85 @@
+"""Native CPU kernels: C sources under ``kernels/native`` compiled on first use, loaded with ctypes.
+
+A source is built once per machine with the system C compiler (``$CC``, else ``cc``) for the
+CPU it runs on (``-march=native``) and cached under ``$TRUSTLAB_CACHE_DIR`` (else
+``~/.cache/trustlab``) in a file named by a hash of the source, the flags, the compiler and the
+CPU, written atomically (processes building at once each rename a complete file into place).
+Where no compiler works, or ``TRUSTLAB_NATIVE=0``, :func:`load` returns None and the callers use
+their torch path. Only libraries this module built are loaded (no downloaded binaries).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCES = Path(__file__).parent / "native"
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared")
+logger = logging.getLogger(__name__)
+
+
+def enabled() -> bool:
+    """Whether native kernels may be used (``TRUSTLAB_NATIVE=0`` turns them off)."""
+    return os.environ.get("TRUSTLAB_NATIVE", "1") != "0"
+
+
+@functools.cache
+def load(name: str) -> ctypes.CDLL | None:
+    """The compiled library of ``native/<name>.c``, built on first use; None when it cannot
+    be built here (the reason is logged)."""
+    source = SOURCES / f"{name}.c"
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        logger.info("no C compiler (cc or $CC): %s uses its torch path", name)
+        return None
+    text = source.read_bytes()
+    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), compiler.encode(),
+                                     _cpu_identity()])).hexdigest()[:20]
+    target = _cache_dir() / f"{name}-{key}.so"
+    try:
+        if not target.exists():
+            _build(compiler, source, target)
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or error
+        logger.info("native kernel %s not built (%s): torch path used", name, detail)
+        return None
+
+
+def _build(compiler: str, source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
+    os.close(handle)
+    try:
+        subprocess.run([compiler, *FLAGS, str(source), "-o", partial, "-lm"], check=True,
+                       capture_output=True, text=True, timeout=120)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TRUSTLAB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "trustlab")
+    return Path(root) / "native"
+
+
+def _cpu_identity() -> bytes:
+    """What ``-march=native`` builds for: the machine and, on Linux, the CPU's feature flags (a
+    cache shared by several machines keeps one build per kind of CPU)."""
+    flags = b""
+    try:
+        with open("/proc/cpuinfo", "rb") as info:
+            flags = next((line for line in info if line.startswith((b"flags", b"Features"))), b"")
+    except OSError:
+        pass
+    return platform.machine().encode() + flags

@@ -1,0 +1,91 @@
+"""The DP step's Gaussian noise on the CPU: Philox4x32-10 normals, fused with the final write.
+
+torch's CPU sampler (a Mersenne Twister, one draw after another) takes a tenth of a small
+model's whole step; the C kernel ``native/philox_noise.c`` draws the same normals about three
+times faster, vectorised, in the pass that writes ``(s + std z) * scale``. The normals of a
+64-bit ``key`` and ``stream`` are defined by :func:`philox_normals`, the pure-torch reference
+the kernel is tested against (the layout is described in the C source). Each step draws a fresh
+key from the optimizer's generator (its state is what ``state_dict`` saves) and each tensor is
+its own stream, so no two tensors or steps share noise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from trustlab.kernels import native
+
+BLOCK = 64  # Philox counters per chunk of 4 * BLOCK normals (as in the C source)
+MASK = 0xFFFFFFFF
+MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
+KEY_STEPS = (0x9E3779B9, 0xBB67AE85)
+
+
+@functools.cache
+def _kernel() -> Callable[..., None] | None:
+    """The C kernel's entry point, or None where it cannot be built."""
+    library = native.load("philox_noise")
+    if library is None:
+        return None
+    write = library.trustlab_noisy_write
+    write.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64,
+                      ctypes.c_uint64, ctypes.c_float, ctypes.c_float]
+    write.restype = None
+    return write
+
+
+def native_available(tensor: Tensor) -> bool:
+    """Whether :func:`native_noisy_write` serves ``tensor``: float32 on the CPU, a C compiler
+    here, and ``TRUSTLAB_NATIVE`` not 0."""
+    return (tensor.device.type == "cpu" and tensor.dtype == torch.float32 and native.enabled()
+            and _kernel() is not None)
+
+
+def native_noisy_write(summed: Tensor, std: float, scale: float, key: int, stream: int) -> Tensor:
+    """``(summed + std * z) * scale``, ``z`` the normals of (``key``, ``stream``), in a new
+    tensor of ``summed``'s shape (float32 on the CPU; see :func:`native_available`)."""
+    s = summed.detach().contiguous()
+    out = torch.empty_like(s)
+    _kernel()(out.data_ptr(), s.data_ptr(), s.numel(), key, stream, std, scale)
+    return out
+
+
+def philox_words(counters: Tensor, stream: int, key: int) -> Tensor:
+    """Reference Philox4x32-10: the four 32-bit words (in int64, (N, 4)) of each 64-bit counter
+    of ``counters`` (int64) with the high counter words ``stream``, under the 64-bit ``key``."""
+    c = [counters & MASK, (counters >> 32) & MASK,
+         torch.full_like(counters, stream & MASK), torch.full_like(counters, (stream >> 32) & MASK)]
+    k = [key & MASK, (key >> 32) & MASK]
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(MULTIPLIERS[0], c[0])
+        hi1, lo1 = _mulhilo(MULTIPLIERS[1], c[2])
+        c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0]
+        k = [(k[0] + KEY_STEPS[0]) & MASK, (k[1] + KEY_STEPS[1]) & MASK]
+    return torch.stack(c, dim=1)
+
+
+def _mulhilo(multiplier: int, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The high and low 32-bit words of ``multiplier * c`` (c < 2^32), in int64 without
+    overflow: the multiplier taken in 16-bit halves."""
+    high, low = multiplier >> 16, multiplier & 0xFFFF
+    by_high, by_low = c * high, c * low  # each < 2^48
+    hi = (by_high + (by_low >> 16)) >> 16
+    lo = (((by_high & 0xFFFF) << 16) + by_low) & MASK
+    return hi, lo
+
+
+def philox_normals(n: int, key: int, stream: int) -> Tensor:
+    """Reference: the first ``n`` standard normals (float32) of (``key``, ``stream``)."""
+    chunks = max(1, math.ceil(n / (4 * BLOCK)))
+    words = philox_words(torch.arange(chunks * BLOCK, dtype=torch.int64), stream, key)
+    x = words.view(chunks, BLOCK, 4).transpose(1, 2).reshape(chunks, 4 * BLOCK)
+    u1 = (x[:, :2 * BLOCK].to(torch.float32) + 0.5) * 2.0 ** -32
+    r = (-2.0 * torch.log(u1)).sqrt()
+    t = (x[:, 2 * BLOCK:] >> 8).to(torch.float32) * (2 * math.pi * 2.0 ** -24)
+    return torch.cat([r * torch.cos(t), r * torch.sin(t)], dim=1).flatten()[:n]
