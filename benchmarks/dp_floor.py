@@ -6,7 +6,7 @@ For ``dp_step.py``'s MLP (100-256-256-2, ReLU) three hand-written steps run inte
 real non-private step (autograd and ``torch.optim.SGD``), each op called directly (no autograd,
 no Python engine): the non-private step (weight-gradient GEMMs), the DP step with the fewest
 torch ops book-keeping needs (per-sample norms ``||a_i||^2 (||g_i||^2 + 1)``, clip factors,
-the clipped sums as GEMMs on rescaled ``g``, one Gaussian draw for all parameters) and the same
+the clipped sums as GEMMs on rescaled ``g``, the engine's noisy write of all parameters) and the same
 DP step without noise. ``raw DP - raw non-private`` is the least any torch-op engine adds to a
 step; the floor printed is that extra over the real non-private step.
 """
@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from trustlab.kernels import noisy_write
+
 from dp_step import build, interleaved_times, keep_freed_memory, make_step
 
 
@@ -31,7 +33,7 @@ def raw_steps(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, max_
     biases = [m.bias.detach().clone() for m in model if isinstance(m, torch.nn.Linear)]
     params = weights + biases
     generator = torch.Generator().manual_seed(0)
-    batch, size = len(x), sum(p.numel() for p in params)
+    batch = len(x)
 
     def forward_backward() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         acts, h = [x], x
@@ -63,11 +65,9 @@ def raw_steps(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, max_
         c = c.clamp_(max=batch)[:, None]
         sums = [s.view_as(p) for s, p in zip(
             [(g * c).t() @ a for a, g in zip(acts, grads)] + [c.t() @ g for g in grads], params)]
-        if noise:
-            flat = torch.empty(size).normal_(0.0, max_grad_norm / batch, generator=generator)
-            noisy = [n.view_as(p) for n, p in zip(flat.split([p.numel() for p in params]), params)]
-            torch._foreach_add_(noisy, sums, alpha=1.0 / batch)
-            sums = noisy
+        # the engine's noisy write (the native kernel where it is built, else torch's sampler)
+        sums = (noisy_write(sums, max_grad_norm, batch, generator) if noise
+                else [s / batch for s in sums])
         torch._foreach_add_(params, sums, alpha=-0.01)
 
     return {"raw_nonprivate": nonprivate, "raw_dp": lambda: private(True),
