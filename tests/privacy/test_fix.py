@@ -86,3 +86,18 @@ def test_a_fixed_transformer_encoder_runs_its_padded_inference():
 def test_batch_norm_becomes_group_norm_with_its_eps():
     norm = fix(nn.Sequential(nn.BatchNorm2d(6, eps=1e-3)))[0]
     assert isinstance(norm, nn.GroupNorm) and norm.eps == 1e-3 and norm.num_channels == 6
+
+
+@pytest.mark.parametrize("enable_nested_tensor", [True, False])
+def test_unfix_gives_an_encoder_its_nested_tensor_fast_path_back(enable_nested_tensor):
+    """fix turns the encoder's nested-tensor path off (it needs nn.MultiheadAttention); unfix
+    used to leave it off, so the restored model ran slower than the one it was built from."""
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=enable_nested_tensor)
+    before = encoder.use_nested_tensor
+    assert before == enable_nested_tensor
+    fixed = fix(encoder)
+    assert fixed.use_nested_tensor is False
+    restored = unfix(fixed)
+    assert restored.use_nested_tensor == before
+    assert not any(hasattr(m, "_trustlab_nested_tensor_off") for m in restored.modules())

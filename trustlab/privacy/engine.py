@@ -66,8 +66,8 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
     n = population_size(data_loader)
     sample_rate = 1 / len(data_loader)  # a sample's chance to be in a step's batch
     rank, world = require_group() if distributed else (0, 1)
-    noise_seed, noise_random, sampling_source = _random_sources(data_loader, distributed,
-                                                                secure_mode, noise_seed)
+    noise_seed, noise_random, sampling_source = _random_sources(
+        data_loader, distributed, secure_mode, noise_seed, poisson_sampling)
     if poisson_sampling:  # the same batches on any number of ranks
         data_loader = PoissonDataLoader(data_loader, generator=sampling_source, rank=rank,
                                         world_size=world)
@@ -87,7 +87,7 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, data_loade
                                reduce=all_reduce_sums if distributed else None,
                                secure_random=noise_random, adaptive=adaptive,
                                received=data_loader.received if poisson_sampling else None,
-                               sampling=sampling_source if poisson_sampling else None)
+                               sampling=sampling_source)
     tracker.attach()  # last: every check above has passed
     return module, dp_optimizer, data_loader
 
@@ -144,16 +144,20 @@ def _check_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer) -> Non
 
 
 def _random_sources(data_loader: DataLoader, distributed: bool, secure_mode: bool,
-                    noise_seed: int | None) -> tuple[int | None, SecureRandom | None, Sampling]:
-    """(the noise seed, secure mode's noise stream, the Poisson masks' source); distributed,
-    rank 0's on every rank."""
+                    noise_seed: int | None, poisson_sampling: bool
+                    ) -> tuple[int | None, SecureRandom | None, Sampling]:
+    """(the noise seed, secure mode's noise stream, the Poisson masks' source: None without
+    Poisson sampling); distributed, rank 0's on every rank."""
     if secure_mode:  # two stream keys
         key = shared_key(2 * KEY_BYTES) if distributed else secrets.token_bytes(2 * KEY_BYTES)
-        return None, SecureRandom(key[:KEY_BYTES]), SecureRandom(key[KEY_BYTES:])
+        masks = SecureRandom(key[KEY_BYTES:]) if poisson_sampling else None
+        return None, SecureRandom(key[:KEY_BYTES]), masks
     if distributed:
         noise_seed = shared_seed(noise_seed)
-        return noise_seed, None, shared_generator(_sampling_generator(data_loader, noise_seed))
-    return noise_seed, None, _sampling_generator(data_loader, noise_seed)
+    if not poisson_sampling:
+        return noise_seed, None, None
+    masks = _sampling_generator(data_loader, noise_seed)
+    return noise_seed, None, shared_generator(masks) if distributed else masks
 
 
 def _sampling_generator(data_loader: DataLoader, noise_seed: int | None) -> torch.Generator:

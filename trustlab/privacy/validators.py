@@ -158,8 +158,9 @@ def fix(module: nn.Module) -> nn.Module:
                           + "\n".join(unfixable))
     fixed = _swap(module, _fixed, {})
     for encoder in fixed.modules():  # its nested-tensor fast path needs nn.MultiheadAttention
-        if isinstance(encoder, nn.TransformerEncoder):
+        if isinstance(encoder, nn.TransformerEncoder) and encoder.use_nested_tensor:
             encoder.use_nested_tensor = False
+            setattr(encoder, _NESTED_TENSOR_OFF, True)  # unfix turns it back on
     return fixed
 
 
@@ -171,7 +172,15 @@ def unfix(module: nn.Module) -> nn.Module:
         if isinstance(layer, DPLSTM | DPGRU | DPRNN | DPMultiheadAttention):
             return layer.to_module()
         return None
-    return _swap(module, original, {})
+    restored = _swap(module, original, {})
+    for encoder in restored.modules():
+        if getattr(encoder, _NESTED_TENSOR_OFF, False):
+            encoder.use_nested_tensor = True
+            delattr(encoder, _NESTED_TENSOR_OFF)
+    return restored
+
+
+_NESTED_TENSOR_OFF = "_trustlab_nested_tensor_off"  # set by fix on the encoders it changed
 
 
 def _replacement(layer: nn.Module) -> Callable[[nn.Module], nn.Module] | None:
