@@ -48,7 +48,7 @@ def load(name: str) -> ctypes.CDLL | None:
         if not target.exists():
             _build(compiler, source, target)
         return ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError) as error:
+    except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", "") or error
         logger.info("native kernel %s not built (%s): torch path used", name, detail)
         return None
