@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -105,3 +108,15 @@ def test_a_build_is_cached_by_source_and_machine(monkeypatch, tmp_path):
         assert built[1].endswith(".so")
     finally:
         native.load.cache_clear()
+
+
+@needs_native
+def test_loading_the_kernel_keeps_subnormal_numbers(tmp_path):
+    """A library linked with -ffast-math sets flush-to-zero for the whole process when loaded
+    (gcc's crtfastmath.o): every later float op in torch, numpy and Python changed."""
+    check = ("from trustlab.kernels import native; assert native.load('philox_noise'); "
+             "tiny = float.fromhex('0x1p-1074'); assert tiny * 1.5 > 0, 'flushed to zero'; "
+             "import torch; t = torch.tensor([1e-40]); assert (t * 1.5).item() > 0")
+    env = {**os.environ, "TRUSTLAB_CACHE_DIR": str(tmp_path)}  # a fresh build
+    done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -22,7 +22,10 @@ import tempfile
 from pathlib import Path
 
 SOURCES = Path(__file__).parent / "native"
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared")
+# -ffast-math only when compiling (glibc's vector logf, cosf, sinf need it): linked with it, gcc
+# adds crtfastmath.o, whose constructor sets flush-to-zero for the whole process on load
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC")
+LINK_FLAGS = ("-shared", "-lm")
 logger = logging.getLogger(__name__)
 
 
@@ -41,8 +44,8 @@ def load(name: str) -> ctypes.CDLL | None:
         logger.info("no C compiler (cc or $CC): %s uses its torch path", name)
         return None
     text = source.read_bytes()
-    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), compiler.encode(),
-                                     _cpu_identity()])).hexdigest()[:20]
+    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS + LINK_FLAGS).encode(),
+                                     compiler.encode(), _cpu_identity()])).hexdigest()[:20]
     target = _cache_dir() / f"{name}-{key}.so"
     try:
         if not target.exists():
@@ -58,13 +61,16 @@ def _build(compiler: str, source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(handle)
+    obj = partial + ".o"
     try:
-        subprocess.run([compiler, *FLAGS, str(source), "-o", partial, "-lm"], check=True,
-                       capture_output=True, text=True, timeout=120)
+        for command in ([compiler, *FLAGS, "-c", str(source), "-o", obj],
+                        [compiler, obj, "-o", partial, *LINK_FLAGS]):
+            subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
         os.replace(partial, target)
     finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+        for path in (obj, partial):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def _cache_dir() -> Path:
