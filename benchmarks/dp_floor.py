@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from trustlab.kernels import noisy_write
 
-from dp_step import build, interleaved_times, keep_freed_memory, make_step
+from dp_step import build, interleaved_times, keep_freed_memory, make_step, noise_source
 
 
 def raw_steps(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float
@@ -91,8 +91,8 @@ def main() -> None:
     interleaved_times(steps, 20)  # warm-up
     times = interleaved_times(steps, args.rounds)
     median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-    print(f"# mlp B={args.batch} threads={torch.get_num_threads()} malloc={malloc}; "
-          "medians in ms")
+    print(f"# mlp B={args.batch} threads={torch.get_num_threads()} malloc={malloc} "
+          f"noise={noise_source('cpu')}; medians in ms")
     for name, ms in median.items():
         print(f"{name:16s} {ms:7.3f} ms  x{ms / median['nonprivate']:5.2f} vs non-private")
     extra = median["raw_dp"] - median["raw_nonprivate"]

@@ -23,7 +23,7 @@ import warnings
 import torch
 from torch import nn
 
-from dp_step import build, keep_freed_memory, make_trustlab
+from dp_step import build, keep_freed_memory, make_trustlab, noise_source
 
 PHASES = ("forward", "backward", "flush", "step")
 
@@ -81,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     malloc = "keep" if args.malloc == "keep" and keep_freed_memory() else "default"
     warnings.filterwarnings("ignore")
-    print(f"# threads={torch.get_num_threads()} malloc={malloc}; phase medians in ms")
+    print(f"# threads={torch.get_num_threads()} malloc={malloc} noise={noise_source('cpu')}; "
+          "phase medians in ms")
     for name in args.models:
         for batch in args.batch:
             run(name, batch, args.rounds)

@@ -179,6 +179,14 @@ def interleaved_times(steps: dict[str, Callable[[], None]], rounds: int, device:
     return times
 
 
+def noise_source(device: str) -> str:
+    """Which sampler trustlab's noise comes from on ``device`` (printed with the results)."""
+    from trustlab.kernels.philox import native_available
+    if device == "cuda":
+        return "triton"
+    return "native" if native_available(torch.zeros(1)) else "torch"
+
+
 def keep_freed_memory() -> bool:
     """glibc: keep freed memory in the process (no trimming, mmap only above 32 MiB), so that
     steady-state steps reuse pages instead of faulting fresh ones. False where not glibc."""
@@ -243,7 +251,7 @@ def main() -> None:
     malloc = "keep" if args.malloc == "keep" and keep_freed_memory() else "default"
     warnings.filterwarnings("ignore")
     print(f"# {datetime.date.today()} device={args.device} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()} malloc={malloc}")
+          f"threads={torch.get_num_threads()} malloc={malloc} noise={noise_source(args.device)}")
     methods = tuple(dict.fromkeys(["nonprivate", *args.methods]))
     records = run(args.models, args.batch, args.rounds, args.device, methods)
     if args.json:

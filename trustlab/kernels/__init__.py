@@ -2,7 +2,9 @@
 
 One module per layer family registers a :class:`LayerKernel` for its module types; the DP
 engine stays generic and looks kernels up with :func:`kernel_for`. Triton runs on CUDA tensors,
-the torch path elsewhere. Imports nothing of trustlab.
+the torch path elsewhere; the step's noise on the CPU comes from a native C kernel
+(:mod:`trustlab.kernels.philox`, built by :mod:`trustlab.kernels.native`) where a compiler
+exists. Imports nothing of trustlab.
 """
 
 from trustlab.kernels import conv, embedding, linear, norm  # noqa: F401  (registration)
