@@ -6,8 +6,8 @@ For ``dp_step.py``'s MLP (100-256-256-2, ReLU) three hand-written steps run inte
 real non-private step (autograd and ``torch.optim.SGD``), each op called directly (no autograd,
 no Python engine): the non-private step (weight-gradient GEMMs), the DP step with the fewest
 torch ops book-keeping needs (per-sample norms ``||a_i||^2 (||g_i||^2 + 1)``, clip factors,
-the clipped sums as GEMMs on rescaled ``g``, the engine's noisy write of all parameters) and the same
-DP step without noise. ``raw DP - raw non-private`` is the least any torch-op engine adds to a
+the clipped sums as GEMMs on rescaled ``g``, the engine's noisy write of all parameters) and
+the same DP step without noise. ``raw DP - raw non-private`` is the least any torch-op engine adds to a
 step; the floor printed is that extra over the real non-private step.
 """
 

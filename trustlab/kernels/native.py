@@ -5,7 +5,8 @@ CPU it runs on (``-march=native``) and cached under ``$TRUSTLAB_CACHE_DIR`` (els
 ``~/.cache/trustlab``) in a file named by a hash of the source, the flags, the compiler and the
 CPU, written atomically (processes building at once each rename a complete file into place).
 Where no compiler works :func:`load` returns None, and under ``TRUSTLAB_NATIVE=0``
-:func:`enabled` is False; the callers then use their torch path. Only libraries this module built are loaded (no downloaded binaries).
+:func:`enabled` is False; the callers then use their torch path. Only libraries this module
+built are loaded (no downloaded binaries).
 """
 
 from __future__ import annotations
