@@ -61,8 +61,7 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
                 for s, offset in zip(sums, offsets)]
     if std > 0 and draw_normal is None and native_available(sums[0]):
         key = _step_key(generator, sums[0].device)  # each tensor its own stream of that key
-        return [native_noisy_write(s, std, 1.0 / denominator, key, stream)
-                for stream, s in enumerate(sums)]
+        return native_noisy_write(sums, std, 1.0 / denominator, key)
     size, like = sum(s.numel() for s in sums), sums[0]
     if std > 0 and draw_normal is not None:
         flat = draw_normal(size, std / denominator, like.device).to(like.dtype)

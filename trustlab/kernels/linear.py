@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trustlab.kernels.clip import scale_accumulate
+from trustlab.kernels.linear_rows import RowLayer
 from trustlab.kernels.registry import (LayerKernel, Record, Sink, once, register_kernel,
                                        stack_sequences, use_triton)
 
@@ -233,9 +234,9 @@ class LinearKernel(LayerKernel):
         has_weight = layer.weight.requires_grad
         has_bias = layer.bias is not None and layer.bias.requires_grad
         kept = None
-        if len(records) == 1 and records[0].g.dim() == 2:
-            # one call on (B, p) rows: ||G_i||^2 = ||a_i||^2 ||g_i||^2, the bias ||g_i||^2
-            a, g = records[0].a, records[0].g
+        rows = self.rows(layer, records)
+        if rows is not None:  # ||G_i||^2 = ||a_i||^2 ||g_i||^2, the bias ||g_i||^2
+            a, g = rows.a, rows.g
             g_sq = row_sq_norms(g)
             if has_weight and has_bias:
                 total = torch.addcmul(g_sq, g_sq, row_sq_norms(a))
@@ -263,6 +264,12 @@ class LinearKernel(LayerKernel):
         if layer.bias is not None and layer.bias.requires_grad:
             out["bias"] = weights @ bias_grads
         return out
+
+    def rows(self, layer: nn.Linear, records: list[Record]) -> RowLayer | None:
+        if len(records) != 1 or records[0].g.dim() != 2:
+            return None
+        return RowLayer(records[0].a, records[0].g, layer.weight.requires_grad,
+                        layer.bias is not None and layer.bias.requires_grad)
 
     def per_sample_grads(self, layer: nn.Linear, records: list[Record]) -> dict[str, Tensor]:
         a, g = linear_records(records)

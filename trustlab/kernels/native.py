@@ -7,6 +7,11 @@ CPU, written atomically (processes building at once each rename a complete file 
 Where no compiler works :func:`load` returns None, and under ``TRUSTLAB_NATIVE=0``
 :func:`enabled` is False; the callers then use their torch path. Only libraries this module
 built are loaded (no downloaded binaries).
+
+The kernels split their work over threads with OpenMP. Linked against ``libgomp.so.1``, they
+share the runtime torch has already loaded (the dynamic loader matches the name), and with it
+torch's thread pool and ``torch.set_num_threads``; each kernel's result does not depend on the
+number of threads.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import tempfile
 from pathlib import Path
 
 SOURCES = Path(__file__).parent / "native"
-# -ffast-math only when compiling (glibc's vector logf, cosf, sinf need it): linked with it, gcc
-# adds crtfastmath.o, whose constructor sets flush-to-zero for the whole process on load
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC")
-LINK_FLAGS = ("-shared", "-lm")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-fopenmp")
+# for the sources that ask for it (glibc's vector logf, cosf, sinf need it); only when
+# compiling: linked with it, gcc adds crtfastmath.o, whose constructor sets flush-to-zero for the
+# whole process on load
+FAST_MATH = "-ffast-math"
+LINK_FLAGS = ("-shared", "-fopenmp", "-lm")
 logger = logging.getLogger(__name__)
 
 
@@ -36,21 +43,23 @@ def enabled() -> bool:
 
 
 @functools.cache
-def load(name: str) -> ctypes.CDLL | None:
-    """The compiled library of ``native/<name>.c``, built on first use; None when it cannot
-    be built here (the reason is logged)."""
+def load(name: str, fast_math: bool = False) -> ctypes.CDLL | None:
+    """The compiled library of ``native/<name>.c``, built on first use (with ``-ffast-math``
+    when ``fast_math``: never for code that must see NaN and inf); None when it cannot be built
+    here (the reason is logged)."""
     source = SOURCES / f"{name}.c"
+    flags = (*FLAGS, FAST_MATH) if fast_math else FLAGS
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         logger.info("no C compiler (cc or $CC): %s uses its torch path", name)
         return None
     text = source.read_bytes()
-    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS + LINK_FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([text, " ".join(flags + LINK_FLAGS).encode(),
                                      compiler.encode(), _cpu_identity()])).hexdigest()[:20]
     target = _cache_dir() / f"{name}-{key}.so"
     try:
         if not target.exists():
-            _build(compiler, source, target)
+            _build(compiler, flags, source, target)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", "") or error
@@ -58,13 +67,13 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
 
 
-def _build(compiler: str, source: Path, target: Path) -> None:
+def _build(compiler: str, flags: tuple[str, ...], source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(handle)
     obj = partial + ".o"
     try:
-        for command in ([compiler, *FLAGS, "-c", str(source), "-o", obj],
+        for command in ([compiler, *flags, "-c", str(source), "-o", obj],
                         [compiler, obj, "-o", partial, *LINK_FLAGS]):
             subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
         os.replace(partial, target)

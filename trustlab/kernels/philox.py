@@ -30,12 +30,13 @@ KEY_STEPS = (0x9E3779B9, 0xBB67AE85)
 @functools.cache
 def _kernel() -> Callable[..., None] | None:
     """The C kernel's entry point, or None where it cannot be built."""
-    library = native.load("philox_noise")
+    library = native.load("philox_noise", fast_math=True)
     if library is None:
         return None
     write = library.trustlab_noisy_write
-    write.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64,
-                      ctypes.c_uint64, ctypes.c_float, ctypes.c_float]
+    pointers = ctypes.POINTER(ctypes.c_void_p)
+    write.argtypes = [ctypes.c_int64, pointers, pointers, ctypes.POINTER(ctypes.c_int64),
+                      ctypes.c_uint64, ctypes.c_uint64, ctypes.c_float, ctypes.c_float]
     write.restype = None
     return write
 
@@ -47,12 +48,18 @@ def native_available(tensor: Tensor) -> bool:
             and _kernel() is not None)
 
 
-def native_noisy_write(summed: Tensor, std: float, scale: float, key: int, stream: int) -> Tensor:
-    """``(summed + std * z) * scale``, ``z`` the normals of (``key``, ``stream``), in a new
-    tensor of ``summed``'s shape (float32 on the CPU; see :func:`native_available`)."""
-    s = summed.detach().contiguous()
-    out = torch.empty_like(s)
-    _kernel()(out.data_ptr(), s.data_ptr(), s.numel(), key, stream, std, scale)
+def native_noisy_write(sums: list[Tensor], std: float, scale: float, key: int,
+                       first_stream: int = 0) -> list[Tensor]:
+    """``(s + std * z) * scale`` for each tensor ``s`` of ``sums``, ``z`` the normals of
+    (``key``, ``first_stream + k``) for the ``k``-th tensor, in one call (float32 on the CPU;
+    see :func:`native_available`). The results are views of one new buffer."""
+    sums = [s.detach().contiguous() for s in sums]
+    sizes = [s.numel() for s in sums]
+    out = [o.view_as(s) for o, s in zip(sums[0].new_empty(sum(sizes)).split(sizes), sums)]
+    count = len(sums)
+    _kernel()(count, (ctypes.c_void_p * count)(*(o.data_ptr() for o in out)),
+              (ctypes.c_void_p * count)(*(s.data_ptr() for s in sums)),
+              (ctypes.c_int64 * count)(*sizes), key, first_stream, std, scale)
     return out
 
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from trustlab.kernels.linear_rows import RowLayer
+
 Sink = Callable[["Record"], None]
 
 
@@ -78,6 +80,12 @@ class LayerKernel:
     def per_sample_grads(self, layer: nn.Module, records: list[Record]) -> dict[str, Tensor]:
         """Materialised per-sample gradients ``{name: (B, *param.shape)}`` (shared params)."""
         raise NotImplementedError
+
+    def rows(self, layer: nn.Module, records: list[Record]) -> RowLayer | None:
+        """The records as one Linear call on (B, p) rows, whose per-sample gradients are outer
+        products (the engine then clips all such layers in one native call); None when they
+        are not that."""
+        return None
 
 
 _KERNELS: dict[type[nn.Module], LayerKernel] = {}

@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
 from trustlab.errors import ConfigError, TrustlabError
-from trustlab.kernels import (LayerKernel, Record, automatic_factors, clip_factors, data_key,
-                              kernel_for, own_class, row_sq_norms, scale_accumulate,
+from trustlab.kernels import (AUTO_S_GAMMA, CLIP_EPS, LayerKernel, Record, automatic_factors,
+                              clip_factors, data_key, kernel_for, native_rows_available,
+                              native_rows_clip, own_class, row_sq_norms, scale_accumulate,
                               shared_results)
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
@@ -340,6 +341,9 @@ class GradSampleTracker:
         pending = {layer: [_in_dtype(r, self.params[layer][0].dtype) for r in records]
                    for layer, records in pending.items()}
         scale = self._loss_scale(batch)
+        if self._flush_rows(pending, scale):
+            self.samples += batch
+            return
         with shared_results(_shared_data(pending)):
             layer_norms, states, shared = self._sq_norms(pending)
         first, *rest = [*early.norms.values(), *layer_norms.values()]
@@ -370,9 +374,36 @@ class GradSampleTracker:
                     for group, group_norms in layer_norms.items()}
         rule = automatic_factors if self.clipping == "automatic" else clip_factors
         factors = rule(norms, self.max_grad_norm, scale)
-        if self.count_unclipped:  # the factor is 1: ||g_i|| + eps <= C
-            self.unclipped = self.unclipped + (factors == scale).sum()
+        self._count_unclipped(factors, scale)
         return dict.fromkeys(layer_norms, factors)
+
+    def _count_unclipped(self, factors: Tensor, scale: float) -> None:
+        """Adaptive clipping's count of the samples within the bound (factor 1:
+        ``||g_i|| + eps <= C``)."""
+        if self.count_unclipped:
+            self.unclipped = self.unclipped + (factors == scale).sum()
+
+    def _flush_rows(self, pending: dict[nn.Module, list[Record]], scale: float) -> bool:
+        """Flat or automatic clipping when every layer is a Linear that saw one row per sample:
+        norms, factors, rescaled rows and bias sums in one native call
+        (:mod:`trustlab.kernels.linear_rows`), the clipped sums added. False where that does not
+        apply, or a norm is not finite (the torch path then runs, and names the layer)."""
+        if self.layer_bounds is not None or any(layer in self.shared for layer in pending):
+            return False
+        rows = [self.kernels[layer].rows(layer, records) for layer, records in pending.items()]
+        if not rows or None in rows or not native_rows_available(rows):
+            return False
+        automatic = self.clipping == "automatic"
+        clipped = native_rows_clip(rows, self.max_grad_norm, scale,
+                                   AUTO_S_GAMMA if automatic else CLIP_EPS, cap=not automatic)
+        if clipped is None:
+            return False
+        self.last_sq_norms = clipped.sq_norms
+        self._count_unclipped(clipped.factors, scale)
+        for layer, sums in zip(pending, clipped.sums):
+            for name, grad in sums.items():
+                self._add(getattr(layer, name), grad)
+        return True
 
     def _group_factors(self, group: nn.Module | None, sq_norms: Tensor, scale: float) -> Tensor:
         """Per-layer clipping: a group's factors from its own norms and bound."""

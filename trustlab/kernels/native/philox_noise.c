@@ -13,6 +13,7 @@
 
 #define BLOCK 64
 #define CHUNK (4 * BLOCK)
+#define PARALLEL_MIN (1 << 14) /* fewer normals: one thread is faster than waking the others */
 
 static void philox_block(uint64_t key, uint64_t first, uint64_t stream, uint32_t *restrict x) {
     for (int j = 0; j < BLOCK; j++) {
@@ -48,15 +49,32 @@ static void box_muller(const uint32_t *restrict x, float *restrict z) {
     for (int p = 0; p < 2 * BLOCK; p++) z[2 * BLOCK + p] = r[p] * sinf(t[p]);
 }
 
-/* out[i] = (summed[i] + std * z_i) * scale for i < n, z_i normal i of (key, stream). */
-void trustlab_noisy_write(float *restrict out, const float *restrict summed, int64_t n,
-                          uint64_t key, uint64_t stream, float std, float scale) {
-    uint32_t x[CHUNK];
-    float z[CHUNK];
-    for (int64_t start = 0; start < n; start += CHUNK) {
-        philox_block(key, (uint64_t)(start / CHUNK) * BLOCK, stream, x);
+/* For every tensor t < count: out[t][i] = (summed[t][i] + std * z_i) * scale for
+ * i < sizes[t], z_i normal i of (key, first_stream + t). The chunks of all tensors are shared
+ * among the threads. */
+void trustlab_noisy_write(int64_t count, float *const *out, const float *const *summed,
+                          const int64_t *sizes, uint64_t key, uint64_t first_stream, float std,
+                          float scale) {
+    int64_t first_chunk[count + 1]; /* tensor t's chunks: first_chunk[t] .. first_chunk[t+1] */
+    first_chunk[0] = 0;
+    for (int64_t t = 0; t < count; t++)
+        first_chunk[t + 1] = first_chunk[t] + (sizes[t] + CHUNK - 1) / CHUNK;
+    int64_t chunks = first_chunk[count];
+#pragma omp parallel for if (chunks * CHUNK >= PARALLEL_MIN) schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t lo = 0, hi = count - 1; /* the tensor of chunk c: a binary search */
+        while (lo < hi) {
+            int64_t mid = (lo + hi + 1) / 2;
+            if (first_chunk[mid] <= c) lo = mid; else hi = mid - 1;
+        }
+        int64_t k = c - first_chunk[lo], start = k * CHUNK;
+        int64_t m = sizes[lo] - start < CHUNK ? sizes[lo] - start : CHUNK;
+        uint32_t x[CHUNK];
+        float z[CHUNK];
+        philox_block(key, (uint64_t)k * BLOCK, first_stream + (uint64_t)lo, x);
         box_muller(x, z);
-        int64_t m = n - start < CHUNK ? n - start : CHUNK;
-        for (int64_t i = 0; i < m; i++) out[start + i] = (summed[start + i] + std * z[i]) * scale;
+        const float *s = summed[lo] + start;
+        float *o = out[lo] + start;
+        for (int64_t i = 0; i < m; i++) o[i] = (s[i] + std * z[i]) * scale;
     }
 }

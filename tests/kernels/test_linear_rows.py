@@ -1,0 +1,168 @@
+"""The native fused flush of one-row Linear layers against the engine's torch path."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trustlab.errors import TrustlabError
+from trustlab.kernels import automatic_factors, clip_factors, linear_rows, row_sq_norms
+from trustlab.kernels.linear import weighted_weight_sum
+from trustlab.privacy.tracker import GradSampleTracker
+
+needs_native = pytest.mark.skipif(
+    not linear_rows.native_rows_available([linear_rows.RowLayer(torch.zeros(1, 1),
+                                                                torch.zeros(1, 1), True, True)]),
+    reason="no C compiler here")
+
+
+def _layers(batch, shapes, parts, seed=0):
+    torch.manual_seed(seed)
+    return [linear_rows.RowLayer(torch.randn(batch, p), torch.randn(batch, d) * 0.05, w, b)
+            for (p, d), (w, b) in zip(shapes, parts)]
+
+
+def _torch_path(layers, max_grad_norm, scale, automatic):
+    """The engine's torch ops: per-layer norms, factors, weighted sums."""
+    norms = sum(row_sq_norms(r.g) * (r.weight * row_sq_norms(r.a) + r.bias) for r in layers)
+    norms = norms * scale ** 2
+    rule = automatic_factors if automatic else clip_factors
+    factors = rule(norms, max_grad_norm, scale)
+    sums = [{**({"weight": weighted_weight_sum(r.a, r.g, factors)} if r.weight else {}),
+             **({"bias": factors @ r.g} if r.bias else {})} for r in layers]
+    return norms, factors, sums
+
+
+@needs_native
+@pytest.mark.parametrize("batch", [1, 7, 512])  # 512: the threads share the work
+@pytest.mark.parametrize("automatic", [False, True], ids=["flat", "automatic"])
+def test_native_clip_equals_the_torch_path(batch, automatic):
+    # g narrower than a, wider, as wide; weight only, bias only, both, neither
+    shapes = [(100, 256), (256, 256), (256, 2), (3, 9), (64, 5)]
+    parts = [(True, True), (True, False), (True, True), (False, True), (False, False)]
+    layers = _layers(batch, shapes, parts)
+    got = linear_rows.native_rows_clip(layers, 0.8, float(batch), 0.01 if automatic else 1e-6,
+                                       cap=not automatic)
+    norms, factors, sums = _torch_path(layers, 0.8, float(batch), automatic)
+    torch.testing.assert_close(got.sq_norms, norms, rtol=1e-5, atol=0)
+    torch.testing.assert_close(got.factors, factors, rtol=1e-5, atol=0)
+    assert [set(s) for s in got.sums] == [set(s) for s in sums]
+    for have, want in zip(got.sums, sums):
+        for name in want:
+            torch.testing.assert_close(have[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_threads_change_nothing_and_share_torchs_openmp_runtime():
+    layers = _layers(700, [(100, 256), (256, 3)], [(True, True)] * 2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = linear_rows.native_rows_clip(layers, 1.0, 700.0, 1e-6, cap=True)
+    finally:
+        torch.set_num_threads(threads)
+    shared = linear_rows.native_rows_clip(layers, 1.0, 700.0, 1e-6, cap=True)
+    assert torch.equal(alone.factors, shared.factors)
+    assert all(torch.equal(alone.sums[i][n], shared.sums[i][n]) for i in (0, 1)
+               for n in ("weight", "bias"))
+
+
+@needs_native
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/maps")
+def test_the_kernels_share_torchs_openmp_runtime(tmp_path):
+    """Two OpenMP runtimes would each keep a team of threads: twice as many as cores."""
+    check = ("import torch\n"
+             "def runtimes():\n"
+             "    return {l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l}\n"
+             "before = runtimes()\n"
+             "from trustlab.kernels import native\n"
+             "assert native.load('linear_rows') and native.load('philox_noise', fast_math=True)\n"
+             "assert runtimes() == before, (before, runtimes())\n")
+    env = {**os.environ, "TRUSTLAB_CACHE_DIR": str(tmp_path)}  # a fresh build
+    done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@needs_native
+def test_no_sample_exceeds_the_bound_and_small_ones_keep_their_size():
+    layers = _layers(300, [(20, 30), (30, 4)], [(True, True)] * 2)
+    for i in range(0, 300, 3):  # every third sample far inside the bound
+        for r in layers:
+            r.g[i] *= 1e-4
+    got = linear_rows.native_rows_clip(layers, 1.0, 1.0, 1e-6, cap=True)
+    clipped = got.factors * got.sq_norms.sqrt()
+    assert clipped.max() <= 1.0 and clipped.min() > 0
+    assert (got.factors[::3] == 1.0).all() and (got.factors < 1.0).sum() > 150
+
+
+@needs_native
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_norm_gives_none(bad):
+    layers = _layers(600, [(50, 60), (60, 3)], [(True, True)] * 2)
+    layers[1].a[17, 2] = bad
+    assert linear_rows.native_rows_clip(layers, 1.0, 1.0, 1e-6, cap=True) is None
+
+
+def _mlp():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 40), nn.Tanh(),
+                         nn.Linear(40, 3))
+
+
+def _engine_sums(model, x, y, clipping, monkeypatch, native):
+    monkeypatch.setenv("TRUSTLAB_NATIVE", native)
+    model = copy.deepcopy(model)
+    tracker = GradSampleTracker(model, 3.0, "mean", clipping=clipping, count_unclipped=True)
+    tracker.attach()
+    F.cross_entropy(model(x), y).backward()
+    tracker.detach()
+    names = {p: n for n, p in model.named_parameters()}
+    return {names[p]: s for p, s in tracker.summed.items()}, tracker
+
+
+@needs_native
+@pytest.mark.parametrize("clipping", ["flat", "automatic"])
+def test_the_engine_takes_the_native_path_for_an_mlp_with_the_same_result(clipping,
+                                                                         monkeypatch):
+    calls = []
+    real = linear_rows.native_rows_clip
+
+    def spy(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+    monkeypatch.setattr("trustlab.privacy.tracker.native_rows_clip", spy)
+    torch.manual_seed(0)
+    x, y = torch.randn(200, 12) * torch.rand(200, 1) * 4, torch.randint(0, 3, (200,))
+    model = _mlp()
+    native, tracked = _engine_sums(model, x, y, clipping, monkeypatch, "1")
+    assert len(calls) == 1 and len(calls[0]) == 3
+    torch_path, reference = _engine_sums(model, x, y, clipping, monkeypatch, "0")
+    assert len(calls) == 1  # TRUSTLAB_NATIVE=0: the torch path
+    assert set(native) == set(torch_path) == {n for n, _ in model.named_parameters()}
+    for name, want in torch_path.items():
+        torch.testing.assert_close(native[name], want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tracked.last_sq_norms, reference.last_sq_norms, rtol=1e-5, atol=0)
+    assert int(tracked.unclipped) == int(reference.unclipped)
+    if clipping == "flat":
+        assert 0 < int(tracked.unclipped) < 200  # some samples inside the bound, some clipped
+
+
+@needs_native
+def test_a_non_finite_gradient_on_the_native_path_gets_the_torch_paths_error(monkeypatch):
+    x = torch.randn(50, 12)
+    x[4, 0] = float("inf")
+    messages = []
+    for native in ("1", "0"):
+        with pytest.raises(TrustlabError, match=r"non-finite .* in layer '\d' for samples \[4\]"
+                           ) as error:
+            _engine_sums(_mlp(), x, torch.zeros(50, dtype=torch.long), "flat", monkeypatch,
+                         native)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
