@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,6 @@ from torch import nn
 
 from trustlab.errors import TrustlabError
 from trustlab.kernels import automatic_factors, clip_factors, linear_rows, row_sq_norms
-from trustlab.kernels.linear import weighted_weight_sum
 from trustlab.privacy.tracker import GradSampleTracker
 
 needs_native = pytest.mark.skipif(
@@ -30,14 +30,12 @@ def _layers(batch, shapes, parts, seed=0):
 
 
 def _torch_path(layers, max_grad_norm, scale, automatic):
-    """The engine's torch ops: per-layer norms, factors, weighted sums."""
+    """The engine's torch ops: per-layer norms, factors, bias sums."""
     norms = sum(row_sq_norms(r.g) * (r.weight * row_sq_norms(r.a) + r.bias) for r in layers)
     norms = norms * scale ** 2
     rule = automatic_factors if automatic else clip_factors
     factors = rule(norms, max_grad_norm, scale)
-    sums = [{**({"weight": weighted_weight_sum(r.a, r.g, factors)} if r.weight else {}),
-             **({"bias": factors @ r.g} if r.bias else {})} for r in layers]
-    return norms, factors, sums
+    return norms, factors, [factors @ r.g if r.bias else None for r in layers]
 
 
 @needs_native
@@ -50,13 +48,14 @@ def test_native_clip_equals_the_torch_path(batch, automatic):
     layers = _layers(batch, shapes, parts)
     got = linear_rows.native_rows_clip(layers, 0.8, float(batch), 0.01 if automatic else 1e-6,
                                        cap=not automatic)
-    norms, factors, sums = _torch_path(layers, 0.8, float(batch), automatic)
+    norms, factors, bias_sums = _torch_path(layers, 0.8, float(batch), automatic)
     torch.testing.assert_close(got.sq_norms, norms, rtol=1e-5, atol=0)
     torch.testing.assert_close(got.factors, factors, rtol=1e-5, atol=0)
-    assert [set(s) for s in got.sums] == [set(s) for s in sums]
-    for have, want in zip(got.sums, sums):
-        for name in want:
-            torch.testing.assert_close(have[name], want[name], rtol=1e-5, atol=1e-6)
+    assert got.total == pytest.approx(norms.double().sum().item(), rel=1e-5)
+    for have, want in zip(got.bias_sums, bias_sums):
+        assert (have is None) == (want is None)
+        if have is not None:
+            torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-6)
 
 
 @needs_native
@@ -70,8 +69,8 @@ def test_threads_change_nothing_and_share_torchs_openmp_runtime():
         torch.set_num_threads(threads)
     shared = linear_rows.native_rows_clip(layers, 1.0, 700.0, 1e-6, cap=True)
     assert torch.equal(alone.factors, shared.factors)
-    assert all(torch.equal(alone.sums[i][n], shared.sums[i][n]) for i in (0, 1)
-               for n in ("weight", "bias"))
+    assert torch.equal(alone.sq_norms, shared.sq_norms)
+    assert all(torch.equal(alone.bias_sums[i], shared.bias_sums[i]) for i in (0, 1))
 
 
 @needs_native
@@ -104,10 +103,12 @@ def test_no_sample_exceeds_the_bound_and_small_ones_keep_their_size():
 
 @needs_native
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_non_finite_norm_gives_none(bad):
+def test_a_non_finite_norm_shows_in_the_total(bad):
     layers = _layers(600, [(50, 60), (60, 3)], [(True, True)] * 2)
     layers[1].a[17, 2] = bad
-    assert linear_rows.native_rows_clip(layers, 1.0, 1.0, 1e-6, cap=True) is None
+    got = linear_rows.native_rows_clip(layers, 1.0, 1.0, 1e-6, cap=True)
+    assert not math.isfinite(got.total) and not torch.isfinite(got.sq_norms[17])
+    assert torch.isfinite(got.sq_norms[:17]).all()
 
 
 def _mlp():

@@ -1,4 +1,5 @@
-"""Clip factors, the fused clip-scale-accumulate, and the noisy final gradient write."""
+"""Clip factors, the clipped sums (fused scale-accumulate, one GEMM on rescaled rows), and the
+noisy final gradient write."""
 
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ def scale_accumulate(per_sample: Tensor, weights: Tensor) -> Tensor:
     if use_triton(per_sample):
         return triton_scale_accumulate(per_sample, weights)
     return weights.to(per_sample.dtype) @ per_sample
+
+
+def weighted_weight_sum(a: Tensor, g: Tensor, weights: Tensor) -> Tensor:
+    """``sum_i w_i g_i^T a_i`` as one GEMM, rescaling whichever of ``a``/``g`` is smaller;
+    (B, T, ·) sequences or (B, ·) single rows, ``weights`` in ``g``'s dtype."""
+    w = weights.view((-1,) + (1,) * (g.dim() - 1))
+    if g.shape[-1] <= a.shape[-1]:
+        g = g * w
+    else:
+        a = a * w
+    if g.dim() > 2:
+        g, a = g.flatten(0, -2), a.flatten(0, -2)
+    return g.t() @ a
 
 
 def noisy_write(sums: list[Tensor], std: float, denominator: float,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustlab.kernels.clip import scale_accumulate
+from trustlab.kernels.clip import scale_accumulate, weighted_weight_sum
 from trustlab.kernels.linear_rows import RowLayer
 from trustlab.kernels.registry import (LayerKernel, Record, Sink, once, register_kernel,
                                        stack_sequences, use_triton)
@@ -88,17 +88,6 @@ def direct_sq_norms(a: Tensor, g: Tensor) -> Tensor:
     step = max(1, CHUNK_ELEMS // max(per_sample, 1))
     return torch.cat([per_sample_weight_grads(a[i:i + step], g[i:i + step]).square().sum((1, 2))
                       for i in range(0, a.shape[0], step)]) if a.shape[0] else a.new_zeros(0)
-
-
-def weighted_weight_sum(a: Tensor, g: Tensor, weights: Tensor) -> Tensor:
-    """``sum_i w_i g_i^T a_i`` as one GEMM, rescaling whichever of ``a``/``g`` is smaller;
-    (B, T, ·) sequences or (B, ·) single rows, ``weights`` in ``g``'s dtype."""
-    w = weights.view(-1, *[1] * (g.dim() - 1))
-    if g.shape[-1] <= a.shape[-1]:
-        g = g * w
-    else:
-        a = a * w
-    return g.reshape(-1, g.shape[-1]).t() @ a.reshape(-1, a.shape[-1])
 
 
 # --- Triton path (kernels defined on first use, so TRITON_INTERPRET set later still applies) -

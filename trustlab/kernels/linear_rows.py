@@ -2,18 +2,17 @@
 
 The MLP case: every layer's per-sample weight gradient is the outer product ``g_i a_i^T``, so a
 flush is the norms ``||a_i||^2 ||g_i||^2`` (plus ``||g_i||^2`` for the bias), the clip factors,
-a rescale of the narrower of ``a``/``g``, one GEMM per layer and the bias sums. The torch path
-takes some forty small torch calls for a three-layer MLP, whose dispatch costs more than their
-arithmetic at these sizes; ``native/linear_rows.c`` does everything but the GEMMs in one call.
-The engine's torch path (``LinearKernel.sq_norms``, :func:`clip_factors`,
-``weighted_weight_sum``) is its reference.
+the bias sums and one GEMM per layer on rescaled rows. The torch path takes some thirty small
+torch calls for a three-layer MLP, whose dispatch costs more than their arithmetic at these
+sizes; ``native/linear_rows.c`` computes the norms, factors and bias sums of all layers in one
+call, on torch's threads (the GEMMs stay torch's). The engine's torch path
+(``LinearKernel.sq_norms``, :func:`~trustlab.kernels.clip.clip_factors`) is its reference.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,12 +37,14 @@ class RowLayer:
 
 @dataclass
 class RowsClipped:
-    """The per-sample squared norms (of each sample's own loss gradient), the clip factors and
-    each layer's clipped sums ``{"weight": ..., "bias": ...}`` (the trained ones)."""
+    """Per-sample squared norms (of each sample's own loss gradient) and their sum (not finite
+    when one is not: the factors are then not computed), the clip factors, and each layer's
+    clipped bias sum (None where its bias does not train)."""
 
     sq_norms: Tensor
+    total: float
     factors: Tensor
-    sums: list[dict[str, Tensor]]
+    bias_sums: list[Tensor | None]
 
 
 @functools.cache
@@ -57,7 +58,7 @@ def _kernel() -> Callable[..., float] | None:
     clip.argtypes = [ctypes.c_int64, ctypes.c_int64, pointers, widths, pointers, widths,
                      ctypes.POINTER(ctypes.c_int32), ctypes.c_double, ctypes.c_double,
                      ctypes.c_double, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
-                     pointers, pointers]
+                     pointers]
     clip.restype = ctypes.c_double
     return clip
 
@@ -65,40 +66,27 @@ def _kernel() -> Callable[..., float] | None:
 def native_rows_available(layers: list[RowLayer]) -> bool:
     """Whether :func:`native_rows_clip` serves ``layers``: float32 on the CPU, a C compiler
     here, and ``TRUSTLAB_NATIVE`` not 0."""
-    return (native.enabled() and all(t.device.type == "cpu" and t.dtype == torch.float32
+    return (native.enabled() and all(t.is_cpu and t.dtype == torch.float32
                                      for layer in layers for t in (layer.a, layer.g))
             and _kernel() is not None)
 
 
 def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float, gamma: float,
-                     cap: bool) -> RowsClipped | None:
+                     cap: bool) -> RowsClipped:
     """Each sample's clip factor ``scale * C / (||grad_i|| + gamma)`` (capped at ``scale``
     when ``cap``: flat clipping; uncapped: automatic), ``grad_i`` the sample's gradient over
-    all ``layers`` times ``scale``, and each layer's sums weighted by them. None when a norm is
-    not finite. Needs :func:`native_rows_available`."""
-    a = [layer.a.detach().contiguous() for layer in layers]
-    g = [layer.g.detach().contiguous() for layer in layers]
-    narrow_g = [gl.shape[1] <= al.shape[1] for al, gl in zip(a, g)]  # which one is rescaled
-    scaled = [(gl if ng else al).new_empty((gl if ng else al).shape) if layer.weight else None
-              for layer, al, gl, ng in zip(layers, a, g, narrow_g)]
+    all ``layers`` times ``scale``, and the bias sums weighted by them (the weight sums are
+    :func:`~trustlab.kernels.clip.weighted_weight_sum` of each layer's rows and the factors).
+    Needs :func:`native_rows_available`."""
+    a = [layer.a.contiguous() for layer in layers]
+    g = [layer.g.contiguous() for layer in layers]
     bias = [gl.new_empty(gl.shape[1]) if layer.bias else None for layer, gl in zip(layers, g)]
     parts = [TRAINS_WEIGHT * layer.weight + TRAINS_BIAS * layer.bias for layer in layers]
     sq_norms, factors = g[0].new_empty(g[0].shape[0]), g[0].new_empty(g[0].shape[0])
     total = _kernel()(len(layers), g[0].shape[0], _pointers(a), _widths(a), _pointers(g),
                       _widths(g), (ctypes.c_int32 * len(parts))(*parts), max_grad_norm, scale,
-                      gamma, int(cap), sq_norms.data_ptr(), factors.data_ptr(),
-                      _pointers(scaled), _pointers(bias))
-    if not math.isfinite(total):
-        return None
-    sums = []
-    for al, gl, ng, s, b in zip(a, g, narrow_g, scaled, bias):
-        out = {}
-        if s is not None:
-            out["weight"] = s.t() @ al if ng else gl.t() @ s
-        if b is not None:
-            out["bias"] = b
-        sums.append(out)
-    return RowsClipped(sq_norms, factors, sums)
+                      gamma, int(cap), sq_norms.data_ptr(), factors.data_ptr(), _pointers(bias))
+    return RowsClipped(sq_norms, total, factors, bias)
 
 
 def _pointers(tensors: list[Tensor | None]) -> ctypes.Array:

@@ -44,7 +44,7 @@ def _kernel() -> Callable[..., None] | None:
 def native_available(tensor: Tensor) -> bool:
     """Whether :func:`native_noisy_write` serves ``tensor``: float32 on the CPU, a C compiler
     here, and ``TRUSTLAB_NATIVE`` not 0."""
-    return (tensor.device.type == "cpu" and tensor.dtype == torch.float32 and native.enabled()
+    return (tensor.is_cpu and tensor.dtype == torch.float32 and native.enabled()
             and _kernel() is not None)
 
 
@@ -52,14 +52,13 @@ def native_noisy_write(sums: list[Tensor], std: float, scale: float, key: int,
                        first_stream: int = 0) -> list[Tensor]:
     """``(s + std * z) * scale`` for each tensor ``s`` of ``sums``, ``z`` the normals of
     (``key``, ``first_stream + k``) for the ``k``-th tensor, in one call (float32 on the CPU;
-    see :func:`native_available`). The results are views of one new buffer."""
-    sums = [s.detach().contiguous() for s in sums]
-    sizes = [s.numel() for s in sums]
-    out = [o.view_as(s) for o, s in zip(sums[0].new_empty(sum(sizes)).split(sizes), sums)]
+    see :func:`native_available`), each in a new tensor."""
+    sums = [s.contiguous() for s in sums]
+    out = [torch.empty_like(s) for s in sums]
     count = len(sums)
     _kernel()(count, (ctypes.c_void_p * count)(*(o.data_ptr() for o in out)),
               (ctypes.c_void_p * count)(*(s.data_ptr() for s in sums)),
-              (ctypes.c_int64 * count)(*sizes), key, first_stream, std, scale)
+              (ctypes.c_int64 * count)(*(s.numel() for s in sums)), key, first_stream, std, scale)
     return out
 
 

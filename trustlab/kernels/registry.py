@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from trustlab.kernels.linear_rows import RowLayer
+if TYPE_CHECKING:
+    from trustlab.kernels.linear_rows import RowLayer
 
 Sink = Callable[["Record"], None]
 

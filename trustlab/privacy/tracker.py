@@ -30,7 +30,7 @@ from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import (AUTO_S_GAMMA, CLIP_EPS, LayerKernel, Record, automatic_factors,
                               clip_factors, data_key, kernel_for, native_rows_available,
                               native_rows_clip, own_class, row_sq_norms, scale_accumulate,
-                              shared_results)
+                              shared_results, weighted_weight_sum)
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
 _TAPPED_CLASSES: dict[type, type] = {}
@@ -385,24 +385,31 @@ class GradSampleTracker:
 
     def _flush_rows(self, pending: dict[nn.Module, list[Record]], scale: float) -> bool:
         """Flat or automatic clipping when every layer is a Linear that saw one row per sample:
-        norms, factors, rescaled rows and bias sums in one native call
-        (:mod:`trustlab.kernels.linear_rows`), the clipped sums added. False where that does not
-        apply, or a norm is not finite (the torch path then runs, and names the layer)."""
+        the norms, factors and bias sums of all layers in one native call
+        (:mod:`trustlab.kernels.linear_rows`), then one GEMM per layer, smallest layer first,
+        each layer's records dropped once summed (as :meth:`flush` does). False where that
+        does not apply."""
         if self.layer_bounds is not None or any(layer in self.shared for layer in pending):
             return False
-        rows = [self.kernels[layer].rows(layer, records) for layer, records in pending.items()]
-        if not rows or None in rows or not native_rows_available(rows):
+        rows = {layer: self.kernels[layer].rows(layer, records)
+                for layer, records in pending.items()}
+        if not rows or None in rows.values() or not native_rows_available(list(rows.values())):
             return False
         automatic = self.clipping == "automatic"
-        clipped = native_rows_clip(rows, self.max_grad_norm, scale,
+        clipped = native_rows_clip(list(rows.values()), self.max_grad_norm, scale,
                                    AUTO_S_GAMMA if automatic else CLIP_EPS, cap=not automatic)
-        if clipped is None:
-            return False
+        if not math.isfinite(clipped.total):  # the torch path's norms name the layer
+            self._check_finite(clipped.sq_norms, self._sq_norms(pending)[0])
         self.last_sq_norms = clipped.sq_norms
         self._count_unclipped(clipped.factors, scale)
-        for layer, sums in zip(pending, clipped.sums):
-            for name, grad in sums.items():
-                self._add(getattr(layer, name), grad)
+        for layer, bias in zip(rows, clipped.bias_sums):
+            if bias is not None:
+                self._add(layer.bias, bias)
+        for layer in sorted(rows, key=lambda layer: _record_bytes(pending[layer])):
+            row = rows.pop(layer)
+            del pending[layer]
+            if row.weight:
+                self._add(layer.weight, weighted_weight_sum(row.a, row.g, clipped.factors))
         return True
 
     def _group_factors(self, group: nn.Module | None, sq_norms: Tensor, scale: float) -> Tensor:

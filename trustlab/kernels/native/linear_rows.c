@@ -1,8 +1,8 @@
 /* Flat (or automatic) clipping of Linear layers that each saw one row per sample, fused into
- * one pass per stage: per-sample squared norms over all layers, clip factors, the rescaled
- * rows the clipped weight sums are one GEMM on, and the clipped bias sums.
- * trustlab.privacy.tracker's torch path (LinearKernel.sq_norms, clip_factors,
- * weighted_weight_sum) is the reference: the same numbers from torch ops.
+ * one call: per-sample squared norms over all layers, clip factors, and the clipped bias sums
+ * (the clipped weight sums, one GEMM each, are left to torch). trustlab.privacy.tracker's torch
+ * path (LinearKernel.sq_norms, clip_factors) is the reference: the same numbers from torch
+ * ops.
  *
  * Layer l has activations a[l] (batch x a_width[l]) and output gradients g[l]
  * (batch x g_width[l]), both row-major and contiguous. Sample i's weight gradient is
@@ -23,11 +23,6 @@ static float row_sq(const float *restrict x, int64_t n) {
     return s;
 }
 
-static void scale_row(float *restrict out, const float *restrict x, int64_t n, float f) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; j++) out[j] = f * x[j];
-}
-
 static void add_scaled_row(float *restrict acc, const float *restrict x, int64_t n, float f) {
 #pragma omp simd
     for (int64_t j = 0; j < n; j++) acc[j] += f * x[j];
@@ -35,17 +30,16 @@ static void add_scaled_row(float *restrict acc, const float *restrict x, int64_t
 
 /* Writes, for every sample i, sq_norms[i] = scale^2 sum_l ||grad_l,i||^2 (the norms of each
  * sample's own loss gradient when the loss was a mean scaled by 1/scale) and
- * factors[i] = scale * bound / (sqrt(sq_norms[i]) + gamma), capped at scale when cap != 0; for
- * every layer whose weight trains (parts[l] & 1), scaled[l] = factors * (g[l] if
- * g_width[l] <= a_width[l] else a[l]) row by row; for every layer whose bias trains
- * (parts[l] & 2), bias[l] = sum_i factors[i] g[l]_i. Returns the sum of the squared norms:
- * not finite when any sample's is not, and the factors are then not computed. */
+ * factors[i] = scale * bound / (sqrt(sq_norms[i]) + gamma), capped at scale when cap != 0;
+ * for every layer whose bias trains (parts[l] & 2), bias[l] = sum_i factors[i] g[l]_i (parts[l]
+ * & 1: its weight trains). Returns the sum of the squared norms: not finite when any sample's
+ * is not, and the factors are then not computed. */
 double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *const *a,
                                  const int64_t *a_width, const float *const *g,
                                  const int64_t *g_width, const int32_t *parts, double bound,
                                  double scale, double gamma, int32_t cap,
                                  float *restrict sq_norms, float *restrict factors,
-                                 float *const *scaled, float *const *bias) {
+                                 float *const *bias) {
     int64_t row_elems = 0; /* per sample, all layers: the work the threads share */
     for (int64_t l = 0; l < layers; l++) row_elems += a_width[l] + g_width[l];
     int parallel = batch * row_elems >= PARALLEL_MIN_ELEMS;
@@ -65,15 +59,6 @@ double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *con
     for (int64_t i = 0; i < batch; i++) {
         double f = scale * bound / (sqrt((double)sq_norms[i]) + gamma);
         factors[i] = (float)(cap && f > scale ? scale : f);
-    }
-    for (int64_t l = 0; l < layers; l++) {
-        if (!(parts[l] & TRAINS_WEIGHT)) continue;
-        int narrow_g = g_width[l] <= a_width[l];
-        const float *x = narrow_g ? g[l] : a[l];
-        int64_t width = narrow_g ? g_width[l] : a_width[l];
-#pragma omp parallel for if (parallel) schedule(static)
-        for (int64_t i = 0; i < batch; i++)
-            scale_row(scaled[l] + i * width, x + i * width, width, factors[i]);
     }
     for (int64_t l = 0; l < layers; l++) {
         if (!(parts[l] & TRAINS_BIAS)) continue;
