@@ -167,3 +167,29 @@ def test_a_non_finite_gradient_on_the_native_path_gets_the_torch_paths_error(mon
                          native)
         messages.append(str(error.value))
     assert messages[0] == messages[1]
+
+
+@needs_native
+def test_without_gnu_openmp_the_kernels_run_on_one_thread_with_the_same_results(monkeypatch,
+                                                                                 tmp_path):
+    from trustlab.kernels import native, philox
+
+    layers = _layers(700, [(100, 256), (256, 3)], [(True, True)] * 2)
+    sums = [torch.randn(300, 200), torch.randn(7)]
+    threaded = linear_rows.native_rows_clip(layers, 1.0, 700.0, 1e-6, cap=True)
+    noise = philox.native_noisy_write(sums, 1.0, 0.5, key=3)
+    monkeypatch.setenv("TRUSTLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_gnu_openmp_loaded", lambda: False)
+    caches = (native.load, linear_rows._kernel, philox._kernel)
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        alone = linear_rows.native_rows_clip(layers, 1.0, 700.0, 1e-6, cap=True)
+        assert torch.equal(alone.factors, threaded.factors)
+        assert torch.equal(alone.bias_sums[0], threaded.bias_sums[0])
+        for got, want in zip(philox.native_noisy_write(sums, 1.0, 0.5, key=3), noise):
+            assert torch.equal(got, want)
+        assert len(list(tmp_path.rglob("*.so"))) == 2  # built apart from the threaded ones
+    finally:
+        for cache in caches:
+            cache.cache_clear()

@@ -8,10 +8,11 @@ Where no compiler works :func:`load` returns None, and under ``TRUSTLAB_NATIVE=0
 :func:`enabled` is False; the callers then use their torch path. Only libraries this module
 built are loaded (no downloaded binaries).
 
-The kernels split their work over threads with OpenMP. Linked against ``libgomp.so.1``, they
-share the runtime torch has already loaded (the dynamic loader matches the name), and with it
-torch's thread pool and ``torch.set_num_threads``; each kernel's result does not depend on the
-number of threads.
+The kernels split their work over threads with OpenMP where torch runs GNU OpenMP (Linux):
+linked against ``libgomp.so.1``, they share the runtime torch has already loaded (the dynamic
+loader matches the name), and with it torch's thread pool and ``torch.set_num_threads``.
+Elsewhere they run on one thread. Each kernel's result does not depend on the number of
+threads.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import tempfile
 from pathlib import Path
 
 SOURCES = Path(__file__).parent / "native"
-FLAGS = ("-O3", "-march=native", "-fPIC", "-fopenmp")
+FLAGS = ("-O3", "-march=native", "-fPIC")
 # for the sources that ask for it (glibc's vector logf, cosf, sinf need it); only when
 # compiling: linked with it, gcc adds crtfastmath.o, whose constructor sets flush-to-zero for the
 # whole process on load
 FAST_MATH = "-ffast-math"
-LINK_FLAGS = ("-shared", "-fopenmp", "-lm")
+LINK_FLAGS = ("-shared", "-lm")
+GNU_OPENMP = "libgomp.so.1"
 logger = logging.getLogger(__name__)
 
 
@@ -48,18 +50,20 @@ def load(name: str, fast_math: bool = False) -> ctypes.CDLL | None:
     when ``fast_math``: never for code that must see NaN and inf); None when it cannot be built
     here (the reason is logged)."""
     source = SOURCES / f"{name}.c"
-    flags = (*FLAGS, FAST_MATH) if fast_math else FLAGS
+    threads = "-fopenmp" if _gnu_openmp_loaded() else "-fopenmp-simd"
+    flags = (*FLAGS, threads, *([FAST_MATH] if fast_math else []))
+    link_flags = (*LINK_FLAGS, threads)
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         logger.info("no C compiler (cc or $CC): %s uses its torch path", name)
         return None
     text = source.read_bytes()
-    key = hashlib.sha256(b"\0".join([text, " ".join(flags + LINK_FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([text, " ".join(flags + link_flags).encode(),
                                      compiler.encode(), _cpu_identity()])).hexdigest()[:20]
     target = _cache_dir() / f"{name}-{key}.so"
     try:
         if not target.exists():
-            _build(compiler, flags, source, target)
+            _build(compiler, flags, link_flags, source, target)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", "") or error
@@ -67,20 +71,32 @@ def load(name: str, fast_math: bool = False) -> ctypes.CDLL | None:
         return None
 
 
-def _build(compiler: str, flags: tuple[str, ...], source: Path, target: Path) -> None:
+def _build(compiler: str, flags: tuple[str, ...], link_flags: tuple[str, ...], source: Path,
+           target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(handle)
     obj = partial + ".o"
     try:
         for command in ([compiler, *flags, "-c", str(source), "-o", obj],
-                        [compiler, obj, "-o", partial, *LINK_FLAGS]):
+                        [compiler, obj, "-o", partial, *link_flags]):
             subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
         os.replace(partial, target)
     finally:
         for path in (obj, partial):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def _gnu_openmp_loaded() -> bool:
+    """Whether this process already runs GNU OpenMP (torch's ``libgomp.so.1`` on Linux): the
+    kernels then link it and share its threads. Elsewhere they are built single-threaded
+    (``-fopenmp-simd``), since a second OpenMP runtime would keep a second team of threads."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any(line.rstrip().endswith("/" + GNU_OPENMP) for line in maps)
+    except OSError:
+        return False
 
 
 def _cache_dir() -> Path:
