@@ -1,5 +1,5 @@
 """The native CPU noise kernel against its torch reference, Random123's Philox answers and the
-normal distribution; its build and fallback."""
+normal distribution; the native kernels' build, fallback and threads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +131,25 @@ def test_loading_the_kernel_keeps_subnormal_numbers(tmp_path):
              "assert native.load('philox_noise', fast_math=True); "
              "tiny = float.fromhex('0x1p-1074'); assert tiny * 1.5 > 0, 'flushed to zero'; "
              "import torch; t = torch.tensor([1e-40]); assert (t * 1.5).item() > 0")
-    env = {**os.environ, "TRUSTLAB_CACHE_DIR": str(tmp_path)}  # a fresh build
+    _run_with_fresh_builds(check, tmp_path)
+
+
+@needs_native
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/maps")
+def test_the_kernels_share_torchs_openmp_runtime(tmp_path):
+    """Two OpenMP runtimes would each keep a team of threads: twice as many as cores."""
+    check = ("import torch\n"
+             "def runtimes():\n"
+             "    return {l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l}\n"
+             "before = runtimes()\n"
+             "from trustlab.kernels import native\n"
+             "assert native.load('linear_rows') and native.load('philox_noise', fast_math=True)\n"
+             "assert runtimes() == before, (before, runtimes())\n")
+    _run_with_fresh_builds(check, tmp_path)
+
+
+def _run_with_fresh_builds(check: str, cache: Path) -> None:
+    """Run the Python code ``check`` in a new process whose kernels are built afresh."""
+    env = {**os.environ, "TRUSTLAB_CACHE_DIR": str(cache)}
     done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
