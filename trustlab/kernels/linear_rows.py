@@ -80,19 +80,12 @@ def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float,
     Needs :func:`native_rows_available`."""
     a = [layer.a.contiguous() for layer in layers]
     g = [layer.g.contiguous() for layer in layers]
+    a_widths, g_widths = (native.int64s([t.shape[1] for t in ts]) for ts in (a, g))
     bias = [gl.new_empty(gl.shape[1]) if layer.bias else None for layer, gl in zip(layers, g)]
     parts = [TRAINS_WEIGHT * layer.weight + TRAINS_BIAS * layer.bias for layer in layers]
     sq_norms, factors = g[0].new_empty(g[0].shape[0]), g[0].new_empty(g[0].shape[0])
-    total = _kernel()(len(layers), g[0].shape[0], _pointers(a), _widths(a), _pointers(g),
-                      _widths(g), (ctypes.c_int32 * len(parts))(*parts), max_grad_norm, scale,
-                      gamma, int(cap), sq_norms.data_ptr(), factors.data_ptr(), _pointers(bias))
+    total = _kernel()(len(layers), g[0].shape[0], native.pointers(a), a_widths,
+                      native.pointers(g), g_widths, (ctypes.c_int32 * len(parts))(*parts),
+                      max_grad_norm, scale, gamma, int(cap), sq_norms.data_ptr(),
+                      factors.data_ptr(), native.pointers(bias))
     return RowsClipped(sq_norms, total, factors, bias)
-
-
-def _pointers(tensors: list[Tensor | None]) -> ctypes.Array:
-    return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr()
-                                              for t in tensors))
-
-
-def _widths(tensors: list[Tensor]) -> ctypes.Array:
-    return (ctypes.c_int64 * len(tensors))(*(t.shape[1] for t in tensors))

@@ -71,6 +71,17 @@ def load(name: str, fast_math: bool = False) -> ctypes.CDLL | None:
         return None
 
 
+def pointers(tensors: list | tuple) -> ctypes.Array:
+    """A C array of the tensors' data pointers (NULL for None), for a kernel's ``float **``."""
+    return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr()
+                                              for t in tensors))
+
+
+def int64s(values: list[int]) -> ctypes.Array:
+    """A C array of ``int64_t``."""
+    return (ctypes.c_int64 * len(values))(*values)
+
+
 def _build(compiler: str, flags: tuple[str, ...], link_flags: tuple[str, ...], source: Path,
            target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -55,10 +55,8 @@ def native_noisy_write(sums: list[Tensor], std: float, scale: float, key: int,
     see :func:`native_available`), each in a new tensor."""
     sums = [s.contiguous() for s in sums]
     out = [torch.empty_like(s) for s in sums]
-    count = len(sums)
-    _kernel()(count, (ctypes.c_void_p * count)(*(o.data_ptr() for o in out)),
-              (ctypes.c_void_p * count)(*(s.data_ptr() for s in sums)),
-              (ctypes.c_int64 * count)(*(s.numel() for s in sums)), key, first_stream, std, scale)
+    _kernel()(len(sums), native.pointers(out), native.pointers(sums),
+              native.int64s([s.numel() for s in sums]), key, first_stream, std, scale)
     return out
 
 
