@@ -67,6 +67,16 @@ def test_native_write_gives_each_tensor_of_one_call_its_own_stream():
 
 
 @needs_native
+def test_native_write_serves_many_tensors_in_one_call():
+    # a model's parameter count sets the kernel's chunk table (heap, not stack)
+    sums = [torch.full((k % 3,), float(k)) for k in range(20_000)]
+    got = philox.native_noisy_write(sums, 1.0, 1.0, key=3)
+    for k in (0, 1, 2, 9_998, 19_999):
+        want = sums[k] + philox.philox_normals(sums[k].numel(), 3, k)
+        torch.testing.assert_close(got[k], want, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
 def test_native_normals_are_standard_normal_and_streams_independent():
     n = 400_000
     z, other = philox.native_noisy_write([torch.zeros(n), torch.zeros(n)], 1.0, 1.0,

@@ -37,7 +37,7 @@ def _kernel() -> Callable[..., None] | None:
     pointers = ctypes.POINTER(ctypes.c_void_p)
     write.argtypes = [ctypes.c_int64, pointers, pointers, ctypes.POINTER(ctypes.c_int64),
                       ctypes.c_uint64, ctypes.c_uint64, ctypes.c_float, ctypes.c_float]
-    write.restype = None
+    write.restype = ctypes.c_int
     return write
 
 
@@ -55,8 +55,11 @@ def native_noisy_write(sums: list[Tensor], std: float, scale: float, key: int,
     see :func:`native_available`), each in a new tensor."""
     sums = [s.contiguous() for s in sums]
     out = [torch.empty_like(s) for s in sums]
-    _kernel()(len(sums), native.pointers(out), native.pointers(sums),
-              native.int64s([s.numel() for s in sums]), key, first_stream, std, scale)
+    status = _kernel()(len(sums), native.pointers(out), native.pointers(sums),
+                       native.int64s([s.numel() for s in sums]), key, first_stream, std, scale)
+    if status != 0:
+        raise MemoryError(f"the native noise kernel could not allocate its table of {len(sums)} "
+                          "tensors")
     return out
 
 

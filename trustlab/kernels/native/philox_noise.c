@@ -10,6 +10,7 @@
  * r = sqrt(-2 log u1). */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define BLOCK 64
 #define CHUNK (4 * BLOCK)
@@ -51,11 +52,15 @@ static void box_muller(const uint32_t *restrict x, float *restrict z) {
 
 /* For every tensor t < count: out[t][i] = (summed[t][i] + std * z_i) * scale for
  * i < sizes[t], z_i normal i of (key, first_stream + t). The chunks of all tensors are shared
- * among the threads. */
-void trustlab_noisy_write(int64_t count, float *const *out, const float *const *summed,
-                          const int64_t *sizes, uint64_t key, uint64_t first_stream, float std,
-                          float scale) {
-    int64_t first_chunk[count + 1]; /* tensor t's chunks: first_chunk[t] .. first_chunk[t+1] */
+ * among the threads. Returns 0, or -1 (nothing written) when memory for the chunk table of
+ * count + 1 entries cannot be had. */
+int trustlab_noisy_write(int64_t count, float *const *out, const float *const *summed,
+                         const int64_t *sizes, uint64_t key, uint64_t first_stream, float std,
+                         float scale) {
+    /* tensor t's chunks: first_chunk[t] .. first_chunk[t+1]; on the heap, as a model may have
+     * any number of parameter tensors */
+    int64_t *first_chunk = malloc((size_t)(count + 1) * sizeof(int64_t));
+    if (first_chunk == NULL) return -1;
     first_chunk[0] = 0;
     for (int64_t t = 0; t < count; t++)
         first_chunk[t + 1] = first_chunk[t] + (sizes[t] + CHUNK - 1) / CHUNK;
@@ -77,4 +82,6 @@ void trustlab_noisy_write(int64_t count, float *const *out, const float *const *
         float *o = out[lo] + start;
         for (int64_t i = 0; i < m; i++) o[i] = (s[i] + std * z[i]) * scale;
     }
+    free(first_chunk);
+    return 0;
 }
