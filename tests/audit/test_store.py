@@ -99,3 +99,11 @@ def test_performance_metrics_match_the_model(adult_mlp):
     metric = report.metrics()["performance.test_accuracy"]
     assert metric.value == pytest.approx(accuracy)
     assert metric.ci_low < accuracy < metric.ci_high
+
+
+def test_reader_refuses_a_missing_store_and_creates_nothing(tmp_path):
+    with pytest.raises(TrustlabError, match=f"report store {tmp_path / 'typo'} does not exist"):
+        ReportStore(tmp_path / "typo", create=False)
+    assert not (tmp_path / "typo").exists()
+    ReportStore(tmp_path / "store").save(_report("r1", 0.25))
+    assert ReportStore(tmp_path / "store", create=False).load("r1").run_id == "r1"

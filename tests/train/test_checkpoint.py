@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from trustlab.errors import CheckpointError
-from trustlab.train.checkpoint import load_checkpoint
+from trustlab.errors import CheckpointError, ConfigError
+from trustlab.train.checkpoint import check_writable, load_checkpoint
 from trustlab.train.subject import Subject
 from trustlab.train.trainer import TrainSettings, train
 
@@ -77,3 +77,14 @@ def test_corrupted_meta(checkpoint, tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="meta.json not found"):
         load_checkpoint(tmp_path)
+
+
+def test_unusable_out_directory_is_named(tmp_path):
+    existing = tmp_path / "a-file"
+    existing.write_text("")
+    with pytest.raises(ConfigError, match=f"{existing} is an existing file"):
+        check_writable(existing)
+    with pytest.raises(ConfigError, match=f"cannot write the checkpoint directory {existing}/m"):
+        check_writable(existing / "m")
+    check_writable(tmp_path / "new" / "m")  # created, parents included
+    assert (tmp_path / "new" / "m").is_dir() and not any((tmp_path / "new" / "m").iterdir())

