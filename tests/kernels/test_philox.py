@@ -56,6 +56,18 @@ def test_native_write_adds_scaled_noise_to_the_sum():
 
 
 @needs_native
+def test_native_write_in_place_writes_over_contiguous_sums_only():
+    torch.manual_seed(0)
+    sums = [torch.randn(3, 700), torch.randn(256), torch.randn(40, 30).t()]  # the last strided
+    want = philox.native_noisy_write(sums, 2.5, 1 / 8, key=11)
+    kept = sums[2].clone()
+    got = philox.native_noisy_write(sums, 2.5, 1 / 8, key=11, in_place=True)
+    assert got[0] is sums[0] and got[1] is sums[1]  # written over, no new tensor
+    assert got[2] is not sums[2] and torch.equal(sums[2], kept)  # a copy is written instead
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+@needs_native
 def test_native_write_gives_each_tensor_of_one_call_its_own_stream():
     # sizes around the 256-normal chunk, an empty tensor, and enough for the threads to share
     sums = [torch.randn(3, 700), torch.randn(0), torch.randn(256), torch.randn(1),

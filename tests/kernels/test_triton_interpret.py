@@ -85,6 +85,11 @@ def test_scale_accumulate_and_noisy_write():
     out = clip.triton_noisy_write(s, 2.0, 4.0, seed=3)
     assert abs(out.std().item() - 0.5) < 0.02 and abs(out.mean().item()) < 0.02
     torch.testing.assert_close(clip.triton_noisy_write(s + 8, 0.0, 4.0, seed=3), s + 2)
+    summed = torch.randn(3000)
+    want = clip.triton_noisy_write(summed, 2.0, 4.0, seed=3)
+    got = clip.triton_noisy_write(summed, 2.0, 4.0, seed=3, in_place=True)
+    assert got.data_ptr() == summed.data_ptr()  # written over the sum
+    torch.testing.assert_close(summed, want, rtol=0, atol=0)
 
 
 def test_noisy_write_offsets_continue_one_stream():

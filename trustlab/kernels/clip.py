@@ -54,28 +54,30 @@ def weighted_weight_sum(a: Tensor, g: Tensor, weights: Tensor) -> Tensor:
 def noisy_write(sums: list[Tensor], std: float, denominator: float,
                 generator: torch.Generator | None,
                 draw_normal: Callable[[int, float, torch.device], Tensor] | None = None,
-                ) -> list[Tensor]:
+                in_place: bool = False) -> list[Tensor]:
     """``(s + N(0, std^2)) / denominator`` for every tensor: noise added once, in the final
     write: Triton on CUDA, the native Philox kernel for float32 on the CPU (each one fresh
     key per step from ``generator``). The torch path draws all the noise into one flat buffer
     at scale ``std / denominator`` (the scale applied inside the sampler: no extra pass) and
     adds ``s / denominator`` in one foreach op; the results are views of that buffer.
-    ``draw_normal(n, std, device)``, when given, draws the noise instead (any dtype)."""
+    ``draw_normal(n, std, device)``, when given, draws the noise instead (any dtype). With
+    ``in_place`` (sums nothing else holds) the Triton and native paths write over the sums
+    (contiguous ones) instead of allocating."""
     if not sums:
         return []
     if len({(s.dtype, s.device) for s in sums}) > 1:  # the flat buffer has one dtype and device
         return _by_kind(sums, lambda part: noisy_write(part, std, denominator, generator,
-                                                       draw_normal))
+                                                       draw_normal, in_place))
     if use_triton(sums[0]) and draw_normal is None:
         # one 63-bit Philox seed per step, each tensor at its own offset of that stream: no two
         # tensors or steps share noise (31-bit seeds per tensor collide within ~10^5 steps)
         seed = _step_key(generator, sums[0].device)
         offsets = itertools.accumulate((s.numel() for s in sums[:-1]), initial=0)
-        return [triton_noisy_write(s, std, denominator, seed, offset)
+        return [triton_noisy_write(s, std, denominator, seed, offset, in_place=in_place)
                 for s, offset in zip(sums, offsets)]
     if std > 0 and draw_normal is None and native_available(sums[0]):
         key = _step_key(generator, sums[0].device)  # each tensor its own stream of that key
-        return native_noisy_write(sums, std, 1.0 / denominator, key)
+        return native_noisy_write(sums, std, 1.0 / denominator, key, in_place=in_place)
     size, like = sum(s.numel() for s in sums), sums[0]
     if std > 0 and draw_normal is not None:
         flat = draw_normal(size, std / denominator, like.device).to(like.dtype)
@@ -140,13 +142,14 @@ def triton_scale_accumulate(per_sample: Tensor, weights: Tensor, block: int = 25
 
 
 def triton_noisy_write(summed: Tensor, std: float, denominator: float, seed: int,
-                       offset: int = 0, block: int = 1024) -> Tensor:
+                       offset: int = 0, block: int = 1024, in_place: bool = False) -> Tensor:
     """``(summed + std * z) / denominator`` with ``z`` the Philox normals of ``seed`` at
-    positions ``offset, offset + 1, ...``."""
+    positions ``offset, offset + 1, ...``; ``in_place``: over ``summed`` where it is a
+    contiguous float32 tensor."""
     import triton
 
     s = summed.float().contiguous()
-    out = torch.empty_like(s)
+    out = s if in_place else torch.empty_like(s)
     _triton().noisy[(triton.cdiv(s.numel(), block),)](s, out, s.numel(), float(std),
                                                       1.0 / denominator, seed, offset, BN=block)
     return out.view_as(summed)

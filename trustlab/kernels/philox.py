@@ -49,12 +49,13 @@ def native_available(tensor: Tensor) -> bool:
 
 
 def native_noisy_write(sums: list[Tensor], std: float, scale: float, key: int,
-                       first_stream: int = 0) -> list[Tensor]:
+                       first_stream: int = 0, *, in_place: bool = False) -> list[Tensor]:
     """``(s + std * z) * scale`` for each tensor ``s`` of ``sums``, ``z`` the normals of
     (``key``, ``first_stream + k``) for the ``k``-th tensor, in one call (float32 on the CPU;
-    see :func:`native_available`), each in a new tensor."""
+    see :func:`native_available`): in new tensors, or, with ``in_place``, written over the
+    (contiguous) sums themselves."""
     sums = [s.contiguous() for s in sums]
-    out = [torch.empty_like(s) for s in sums]
+    out = sums if in_place else [torch.empty_like(s) for s in sums]
     status = _kernel()(len(sums), native.pointers(out), native.pointers(sums),
                        native.int64s([s.numel() for s in sums]), key, first_stream, std, scale)
     if status != 0:

@@ -158,8 +158,9 @@ class DPOptimizer(torch.optim.Optimizer):
         self.samples_seen += samples
         std = self.gradient_noise_multiplier * self.max_grad_norm
         draw = self.secure_random.normal if self.secure_random is not None else None
+        # the sums are this step's own (the flush's results, reset below): written over
         for p, grad in zip(params, noisy_write(sums, std, self.expected_batch_size,
-                                               self.generator, draw)):
+                                               self.generator, draw, in_place=True)):
             p.grad = grad
         self.tracker.reset()
         self.original_optimizer.step()

@@ -389,7 +389,8 @@ class GradSampleTracker:
         (:mod:`trustlab.kernels.linear_rows`), then one GEMM per layer, smallest layer first,
         each layer's records dropped once summed (as :meth:`flush` does). False where that
         does not apply."""
-        if self.layer_bounds is not None or any(layer in self.shared for layer in pending):
+        if self.layer_bounds is not None or (self.shared and
+                                             any(layer in self.shared for layer in pending)):
             return False
         rows = {layer: self.kernels[layer].rows(layer, records)
                 for layer, records in pending.items()}
@@ -540,6 +541,8 @@ def _computes_gradient_of(grad_nodes: list) -> bool:
 
 def _in_dtype(record: Record, dtype: torch.dtype) -> Record:
     """``record`` with its floating-point tensors in ``dtype`` (itself when they are)."""
+    if record.a.dtype == dtype and record.g.dtype == dtype:  # the common case, checked first
+        return record
     a, g = (t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
             for t in (record.a, record.g))
     if a is record.a and g is record.g:
