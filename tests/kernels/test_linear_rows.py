@@ -16,23 +16,26 @@ from trustlab.privacy.tracker import GradSampleTracker
 
 needs_native = pytest.mark.skipif(
     not linear_rows.native_rows_available([linear_rows.RowLayer(torch.zeros(1, 1),
-                                                                torch.zeros(1, 1), True, True)]),
+                                                                torch.zeros(1, 1), None, None)]),
     reason="no C compiler here")
 
 
 def _layers(batch, shapes, parts, seed=0):
+    """RowLayers of the given (p, d) shapes whose weight and bias train as ``parts`` says."""
     torch.manual_seed(seed)
-    return [linear_rows.RowLayer(torch.randn(batch, p), torch.randn(batch, d) * 0.05, w, b)
+    return [linear_rows.RowLayer(torch.randn(batch, p), torch.randn(batch, d) * 0.05,
+                                 torch.zeros(d, p) if w else None, torch.zeros(d) if b else None)
             for (p, d), (w, b) in zip(shapes, parts)]
 
 
 def _torch_path(layers, max_grad_norm, scale, automatic):
     """The engine's torch ops: per-layer norms, factors, bias sums."""
-    norms = sum(row_sq_norms(r.g) * (r.weight * row_sq_norms(r.a) + r.bias) for r in layers)
+    norms = sum(row_sq_norms(r.g) * ((r.weight is not None) * row_sq_norms(r.a)
+                                     + (r.bias is not None)) for r in layers)
     norms = norms * scale ** 2
     rule = automatic_factors if automatic else clip_factors
     factors = rule(norms, max_grad_norm, scale)
-    return norms, factors, [factors @ r.g if r.bias else None for r in layers]
+    return norms, factors, [factors @ r.g if r.bias is not None else None for r in layers]
 
 
 @needs_native
@@ -116,9 +119,11 @@ def test_the_engine_takes_the_native_path_for_an_mlp_with_the_same_result(clippi
     calls = []
     real = linear_rows.native_rows_clip
 
-    def spy(*args, **kwargs):
-        calls.append(args[0])
-        return real(*args, **kwargs)
+    def spy(*args, **kwargs):  # counts the calls the native kernel served
+        result = real(*args, **kwargs)
+        if result is not None:
+            calls.append(args[0])
+        return result
     monkeypatch.setattr("trustlab.privacy.tracker.native_rows_clip", spy)
     torch.manual_seed(0)
     x, y = torch.randn(200, 12) * torch.rand(200, 1) * 4, torch.randint(0, 3, (200,))
@@ -174,3 +179,12 @@ def test_without_gnu_openmp_the_kernels_run_on_one_thread_with_the_same_results(
     finally:
         for cache in caches:
             cache.cache_clear()
+
+
+def test_rows_the_kernel_does_not_serve_get_none(monkeypatch):
+    float64 = _layers(5, [(4, 3)], [(True, True)])
+    float64[0].g = float64[0].g.double()
+    assert linear_rows.native_rows_clip(float64, 1.0, 1.0, 1e-6, cap=True) is None
+    monkeypatch.setenv("TRUSTLAB_NATIVE", "0")
+    assert linear_rows.native_rows_clip(_layers(5, [(4, 3)], [(True, True)]), 1.0, 1.0, 1e-6,
+                                        cap=True) is None

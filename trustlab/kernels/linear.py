@@ -217,7 +217,8 @@ class LinearKernel(LayerKernel):
     module_type = nn.Linear
 
     def capture(self, layer: nn.Linear, sink: Sink, x: Tensor) -> Tensor:
-        return _LinearTap.apply(x, layer.weight, layer.bias, sink)
+        params = layer._parameters  # per call: skips nn.Module.__getattr__ (a microsecond a name)
+        return _LinearTap.apply(x, params["weight"], params["bias"], sink)
 
     def sq_norms(self, layer: nn.Linear, records: list[Record]) -> tuple[Tensor, Any]:
         has_weight = layer.weight.requires_grad
@@ -257,8 +258,9 @@ class LinearKernel(LayerKernel):
     def rows(self, layer: nn.Linear, records: list[Record]) -> RowLayer | None:
         if len(records) != 1 or records[0].g.dim() != 2:
             return None
-        return RowLayer(records[0].a, records[0].g, layer.weight.requires_grad,
-                        layer.bias is not None and layer.bias.requires_grad)
+        weight, bias = layer._parameters["weight"], layer._parameters["bias"]
+        return RowLayer(records[0].a, records[0].g, weight if weight.requires_grad else None,
+                        bias if bias is not None and bias.requires_grad else None)
 
     def per_sample_grads(self, layer: nn.Linear, records: list[Record]) -> dict[str, Tensor]:
         a, g = linear_records(records)

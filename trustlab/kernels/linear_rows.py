@@ -26,13 +26,13 @@ TRAINS_WEIGHT, TRAINS_BIAS = 1, 2  # as in the C source
 
 @dataclass
 class RowLayer:
-    """A Linear layer's one call on (B, p) rows: activations, output gradients, and which of
-    its weight and bias train."""
+    """A Linear layer's one call on (B, p) rows: activations, output gradients, and its weight
+    and bias where they train (else None)."""
 
     a: Tensor
     g: Tensor
-    weight: bool
-    bias: bool
+    weight: Tensor | None
+    bias: Tensor | None
 
 
 @dataclass
@@ -53,12 +53,10 @@ def _kernel() -> Callable[..., float] | None:
     if library is None:
         return None
     clip = library.trustlab_linear_rows_clip
-    pointers = ctypes.POINTER(ctypes.c_void_p)
-    widths = ctypes.POINTER(ctypes.c_int64)
-    clip.argtypes = [ctypes.c_int64, ctypes.c_int64, pointers, widths, pointers, widths,
-                     ctypes.POINTER(ctypes.c_int32), ctypes.c_double, ctypes.c_double,
-                     ctypes.c_double, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
-                     pointers]
+    int64s = ctypes.POINTER(ctypes.c_int64)
+    clip.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p), int64s,
+                     int64s, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int32,
+                     ctypes.c_void_p]
     clip.restype = ctypes.c_double
     return clip
 
@@ -66,26 +64,41 @@ def _kernel() -> Callable[..., float] | None:
 def native_rows_available(layers: list[RowLayer]) -> bool:
     """Whether :func:`native_rows_clip` serves ``layers``: float32 on the CPU, a C compiler
     here, and ``TRUSTLAB_NATIVE`` not 0."""
-    return (native.enabled() and all(t.is_cpu and t.dtype == torch.float32
-                                     for layer in layers for t in (layer.a, layer.g))
+    return (native.enabled() and all(_float32_cpu(layer) for layer in layers)
             and _kernel() is not None)
 
 
 def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float, gamma: float,
-                     cap: bool) -> RowsClipped:
+                     cap: bool) -> RowsClipped | None:
     """Each sample's clip factor ``scale * C / (||grad_i|| + gamma)`` (capped at ``scale``
     when ``cap``: flat clipping; uncapped: automatic), ``grad_i`` the sample's gradient over
     all ``layers`` times ``scale``, and the bias sums weighted by them (the weight sums are
     :func:`~trustlab.kernels.clip.weighted_weight_sum` of each layer's rows and the factors).
-    Needs :func:`native_rows_available`."""
-    a = [layer.a.contiguous() for layer in layers]
-    g = [layer.g.contiguous() for layer in layers]
-    a_widths, g_widths = (native.int64s([t.shape[1] for t in ts]) for ts in (a, g))
-    bias = [gl.new_empty(gl.shape[1]) if layer.bias else None for layer, gl in zip(layers, g)]
-    parts = [TRAINS_WEIGHT * layer.weight + TRAINS_BIAS * layer.bias for layer in layers]
-    sq_norms, factors = g[0].new_empty(g[0].shape[0]), g[0].new_empty(g[0].shape[0])
-    total = _kernel()(len(layers), g[0].shape[0], native.pointers(a), a_widths,
-                      native.pointers(g), g_widths, (ctypes.c_int32 * len(parts))(*parts),
-                      max_grad_norm, scale, gamma, int(cap), sq_norms.data_ptr(),
-                      factors.data_ptr(), native.pointers(bias))
-    return RowsClipped(sq_norms, total, factors, bias)
+    None where the kernel does not serve ``layers`` (:func:`native_rows_available`). All the
+    results are views of one new tensor; a step's fixed cost is mostly calls like these, so
+    this one makes few."""
+    kernel = _kernel()
+    if kernel is None or not native.enabled():
+        return None
+    a, g, widths, parts, bias_widths = [], [], [], [], []
+    for layer in layers:
+        if not _float32_cpu(layer):
+            return None
+        a.append(layer.a.contiguous())
+        g.append(layer.g.contiguous())
+        parts.append(TRAINS_WEIGHT * (layer.weight is not None)
+                     + TRAINS_BIAS * (layer.bias is not None))
+        bias_widths.append(0 if layer.bias is None else g[-1].shape[1])
+    widths = [t.shape[1] for t in a] + [t.shape[1] for t in g]
+    batch = g[0].shape[0]
+    out = g[0].new_empty(2 * batch + sum(bias_widths))
+    total = kernel(len(layers), batch, native.pointers(a + g), native.int64s(widths),
+                   native.int64s(parts), max_grad_norm, scale, gamma, int(cap), out.data_ptr())
+    sq_norms, factors, *biases = out.split([batch, batch, *bias_widths])
+    return RowsClipped(sq_norms, total, factors,
+                       [b if layer.bias is not None else None for b, layer in zip(biases, layers)])
+
+
+def _float32_cpu(layer: RowLayer) -> bool:
+    a, g = layer.a, layer.g
+    return a.dtype == torch.float32 and g.dtype == torch.float32 and a.is_cpu and g.is_cpu

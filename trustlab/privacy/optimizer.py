@@ -148,8 +148,8 @@ class DPOptimizer(torch.optim.Optimizer):
         params = self.params()
         self._check_tracked(params)
         self._check_received()
-        sums = [self.tracker.summed[p] if p in self.tracker.summed else torch.zeros_like(p)
-                for p in params]
+        summed = self.tracker.summed
+        sums = [summed[p] if p in summed else torch.zeros_like(p) for p in params]
         counts = [float(self.tracker.samples), float(self.tracker.unclipped)]
         if self.reduce is not None:  # over all ranks: every rank sees the same counts
             sums, counts = self.reduce(sums, counts)

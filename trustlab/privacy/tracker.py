@@ -28,9 +28,9 @@ from torch.autograd.graph import get_gradient_edge
 
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import (AUTO_S_GAMMA, CLIP_EPS, LayerKernel, Record, automatic_factors,
-                              clip_factors, data_key, kernel_for, native_rows_available,
-                              native_rows_clip, own_class, row_sq_norms, scale_accumulate,
-                              shared_results, weighted_weight_sum)
+                              clip_factors, data_key, kernel_for, native_rows_clip, own_class,
+                              row_sq_norms, scale_accumulate, shared_results,
+                              weighted_weight_sum)
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
 _TAPPED_CLASSES: dict[type, type] = {}
@@ -184,12 +184,10 @@ class GradSampleTracker:
         self._hooks = []
         self._grad_nodes = {}
 
-    def _check_rows_are_samples(self, layer: nn.Module, record: Record) -> None:
+    def _refuse_rows(self, layer: nn.Module, record: Record) -> None:
         """Refuse a record whose first dim is not the model's batch: its rows are not samples
         (a sequence-first tensor, positions ``arange(T)`` with no batch dim, a batch folded
         into rows), and clipping them as samples would not bound any one sample's share."""
-        if not self._input_batches or record.batch_size in self._input_batches:
-            return
         batch = " or ".join(str(b) for b in sorted(self._input_batches))
         self._abort_pass()
         raise TrustlabError(
@@ -214,11 +212,12 @@ class GradSampleTracker:
         return refuse
 
     def capture(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
-        flat = self.kernels[layer].flat_input(layer, *args, **kwargs)
+        kernel = self.kernels[layer]
+        flat = kernel.flat_input(layer, *args, **kwargs)
         if flat is not None and flat[0] in self._input_batches:  # the model's input was a
             self._input_batches.discard(flat[0])  # flat index list: its samples are the bags
             self._input_batches.add(flat[1])
-        out = self.kernels[layer].capture(layer, self.sinks[layer], *args, **kwargs)
+        out = kernel.capture(layer, self.sinks[layer], *args, **kwargs)
         if (self.layer_bounds is not None and out.grad_fn is not None
                 and layer not in self._never_early):  # per-layer: await this use's record
             self._awaited.setdefault(layer, weakref.WeakSet()).add(out.grad_fn)
@@ -249,7 +248,8 @@ class GradSampleTracker:
                     f"layer {self.layers[layer]!r} was backpropagated twice through one forward "
                     "pass (backward with retain_graph=True) before optimizer.step(): its samples "
                     "would be clipped and counted twice. Add the losses and call backward once")
-            self._check_rows_are_samples(layer, record)
+            if self._input_batches and record.batch_size not in self._input_batches:
+                self._refuse_rows(layer, record)
             if node is not None:
                 self._recorded_nodes.add(node)
             if layer in self._early.norms:  # never: its uses were all recorded already
@@ -260,7 +260,7 @@ class GradSampleTracker:
             if not self._callback_queued:  # clip once the whole backward pass is done
                 self._callback_queued = True
                 torch.autograd.Variable._execution_engine.queue_callback(self._end_of_pass)
-            if self._last_awaited(layer, node):
+            if self._awaited and self._last_awaited(layer, node):  # per-layer clipping only
                 self._clip_early(layer)
         return sink
 
@@ -317,15 +317,20 @@ class GradSampleTracker:
         self._early.batches.add(batch)
         self._early.norms[layer] = sq_norms
 
-    @torch.no_grad()  # also after backward(create_graph=True): the sums carry no graph
     def flush(self) -> None:
         """Clip the pending records' samples and add their clipped sums to ``summed``."""
         self._callback_queued = False
         self._input_batches.clear()
+        if not self.records and not self._early.norms:  # nothing since the last flush
+            return
         pending, self.records = self.records, {}
         early, self._early = self._early, _EarlyClipped()
-        if not pending and not early.norms:
-            return
+        self._clip(pending, early)
+
+    @torch.no_grad()  # also after backward(create_graph=True): the sums carry no graph
+    def _clip(self, pending: dict[nn.Module, list[Record]], early: "_EarlyClipped") -> None:
+        """The flush's work: per-sample norms over all layers (with the layers per-layer
+        clipping clipped early), clip factors, clipped sums."""
         sizes = {r.batch_size for recs in pending.values() for r in recs} | early.batches
         if len(sizes) != 1:
             raise TrustlabError(f"layers saw different batch sizes {sorted(sizes)} in one "
@@ -392,25 +397,28 @@ class GradSampleTracker:
         if self.layer_bounds is not None or (self.shared and
                                              any(layer in self.shared for layer in pending)):
             return False
-        rows = {layer: self.kernels[layer].rows(layer, records)
-                for layer, records in pending.items()}
-        if not rows or None in rows.values() or not native_rows_available(list(rows.values())):
-            return False
+        rows = {}
+        for layer, records in pending.items():
+            rows[layer] = self.kernels[layer].rows(layer, records)
+            if rows[layer] is None:
+                return False
         automatic = self.clipping == "automatic"
         clipped = native_rows_clip(list(rows.values()), self.max_grad_norm, scale,
                                    AUTO_S_GAMMA if automatic else CLIP_EPS, cap=not automatic)
+        if clipped is None:
+            return False
         if not math.isfinite(clipped.total):  # the torch path's norms name the layer
             self._check_finite(clipped.sq_norms, self._sq_norms(pending)[0])
         self.last_sq_norms = clipped.sq_norms
         self._count_unclipped(clipped.factors, scale)
-        for layer, bias in zip(rows, clipped.bias_sums):
+        for row, bias in zip(rows.values(), clipped.bias_sums):
             if bias is not None:
-                self._add(layer.bias, bias)
-        for layer in sorted(rows, key=lambda layer: _record_bytes(pending[layer])):
+                self._add(row.bias, bias)
+        for layer in sorted(rows, key=lambda layer: rows[layer].a.nbytes + rows[layer].g.nbytes):
             row = rows.pop(layer)
             del pending[layer]
-            if row.weight:
-                self._add(layer.weight, weighted_weight_sum(row.a, row.g, clipped.factors))
+            if row.weight is not None:
+                self._add(row.weight, weighted_weight_sum(row.a, row.g, clipped.factors))
         return True
 
     def _group_factors(self, group: nn.Module | None, sq_norms: Tensor, scale: float) -> Tensor:
@@ -466,7 +474,8 @@ class GradSampleTracker:
 
     def reset(self) -> None:
         self.records.clear()
-        self._early = _EarlyClipped()
+        if self._early.norms:
+            self._early = _EarlyClipped()
         self.summed.clear()
         self.samples = self.unclipped = 0
         self._recorded_nodes.clear()
@@ -520,7 +529,13 @@ def _note_input_batch(module: nn.Module, args: tuple, kwargs: dict) -> None:
     if isinstance(first, packed):  # an empty one has no batch sizes
         tracker._input_batches.add(int(first.batch_sizes[0]) if len(first.batch_sizes) else 0)
         return
-    dim = 1 if getattr(module, "batch_first", True) is False else 0
+    # the module's own attribute (an RNN's), else its class's (a property); a miss through
+    # nn.Module.__getattr__ would cost more than the rest of this hook
+    batch_first = (vars(module)["batch_first"] if "batch_first" in vars(module)
+                   else getattr(type(module), "batch_first", True))
+    if isinstance(batch_first, property):
+        batch_first = getattr(module, "batch_first")
+    dim = 1 if batch_first is False else 0
     if first is not None and first.dim() > dim:
         tracker._input_batches.add(first.shape[dim])
 

@@ -6,7 +6,8 @@
  *
  * Layer l has activations a[l] (batch x a_width[l]) and output gradients g[l]
  * (batch x g_width[l]), both row-major and contiguous. Sample i's weight gradient is
- * g_i a_i^T, with ||g_i a_i^T||^2 = ||a_i||^2 ||g_i||^2, and its bias gradient g_i. */
+ * g_i a_i^T, with ||g_i a_i^T||^2 = ||a_i||^2 ||g_i||^2, and its bias gradient g_i. All the
+ * results go into one buffer (one allocation for the caller). */
 #include <math.h>
 #include <stdint.h>
 
@@ -28,18 +29,20 @@ static void add_scaled_row(float *restrict acc, const float *restrict x, int64_t
     for (int64_t j = 0; j < n; j++) acc[j] += f * x[j];
 }
 
-/* Writes, for every sample i, sq_norms[i] = scale^2 sum_l ||grad_l,i||^2 (the norms of each
- * sample's own loss gradient when the loss was a mean scaled by 1/scale) and
- * factors[i] = scale * bound / (sqrt(sq_norms[i]) + gamma), capped at scale when cap != 0;
- * for every layer whose bias trains (parts[l] & 2), bias[l] = sum_i factors[i] g[l]_i (parts[l]
- * & 1: its weight trains). Returns the sum of the squared norms: not finite when any sample's
- * is not, and the factors are then not computed. */
-double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *const *a,
-                                 const int64_t *a_width, const float *const *g,
-                                 const int64_t *g_width, const int32_t *parts, double bound,
-                                 double scale, double gamma, int32_t cap,
-                                 float *restrict sq_norms, float *restrict factors,
-                                 float *const *bias) {
+/* Layer l's activations are rows[l] (batch x widths[l]) and its output gradients
+ * rows[layers + l] (batch x widths[layers + l]); parts[l] says what trains (& 1: its weight,
+ * & 2: its bias). Writes into out, for every sample i, out[i] = scale^2 sum_l ||grad_l,i||^2
+ * (the squared norms of each sample's own loss gradient when the loss was a mean scaled by
+ * 1/scale) and out[batch + i] = scale * bound / (sqrt(out[i]) + gamma), capped at scale when
+ * cap != 0 (the clip factors), then, layer after layer, the clipped sum of each training bias,
+ * sum_i factor_i g[l]_i (g_width[l] floats each). Returns the sum of the squared norms: not
+ * finite when any sample's is not, and nothing after the norms is then written. */
+double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *const *rows,
+                                 const int64_t *widths, const int64_t *parts, double bound,
+                                 double scale, double gamma, int32_t cap, float *restrict out) {
+    const float *const *a = rows, *const *g = rows + layers;
+    const int64_t *a_width = widths, *g_width = widths + layers;
+    float *restrict sq_norms = out, *restrict factors = out + batch;
     int64_t row_elems = 0; /* per sample, all layers: the work the threads share */
     for (int64_t l = 0; l < layers; l++) row_elems += a_width[l] + g_width[l];
     int parallel = batch * row_elems >= PARALLEL_MIN_ELEMS;
@@ -60,16 +63,18 @@ double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *con
         double f = scale * bound / (sqrt((double)sq_norms[i]) + gamma);
         factors[i] = (float)(cap && f > scale ? scale : f);
     }
+    float *bias = out + 2 * batch;
     for (int64_t l = 0; l < layers; l++) {
         if (!(parts[l] & TRAINS_BIAS)) continue;
         int64_t d = g_width[l];
 #pragma omp parallel for if (parallel && d >= 2 * COLUMN_BLOCK) schedule(static)
         for (int64_t k0 = 0; k0 < d; k0 += COLUMN_BLOCK) {
             int64_t n = d - k0 < COLUMN_BLOCK ? d - k0 : COLUMN_BLOCK;
-            for (int64_t k = 0; k < n; k++) bias[l][k0 + k] = 0.0f;
+            for (int64_t k = 0; k < n; k++) bias[k0 + k] = 0.0f;
             for (int64_t i = 0; i < batch; i++)
-                add_scaled_row(bias[l] + k0, g[l] + i * d + k0, n, factors[i]);
+                add_scaled_row(bias + k0, g[l] + i * d + k0, n, factors[i]);
         }
+        bias += d;
     }
     return total;
 }
