@@ -323,14 +323,15 @@ class GradSampleTracker:
         self._input_batches.clear()
         if not self.records and not self._early.norms:  # nothing since the last flush
             return
+        with torch.no_grad():  # also after backward(create_graph=True): the sums carry no graph
+            self._clip()
+
+    def _clip(self) -> None:
+        """The flush's work: per-sample norms over all layers (with the layers per-layer
+        clipping clipped early), clip factors, clipped sums. It takes the records itself (no
+        caller holds them), so each layer's are freed once its sum is formed."""
         pending, self.records = self.records, {}
         early, self._early = self._early, _EarlyClipped()
-        self._clip(pending, early)
-
-    @torch.no_grad()  # also after backward(create_graph=True): the sums carry no graph
-    def _clip(self, pending: dict[nn.Module, list[Record]], early: "_EarlyClipped") -> None:
-        """The flush's work: per-sample norms over all layers (with the layers per-layer
-        clipping clipped early), clip factors, clipped sums."""
         sizes = {r.batch_size for recs in pending.values() for r in recs} | early.batches
         if len(sizes) != 1:
             raise TrustlabError(f"layers saw different batch sizes {sorted(sizes)} in one "
@@ -397,11 +398,11 @@ class GradSampleTracker:
         if self.layer_bounds is not None or (self.shared and
                                              any(layer in self.shared for layer in pending)):
             return False
-        rows = {}
-        for layer, records in pending.items():
-            rows[layer] = self.kernels[layer].rows(layer, records)
-            if rows[layer] is None:
-                return False
+        # a comprehension: no loop variable left holding a layer's records past its sum
+        rows = {layer: self.kernels[layer].rows(layer, records)
+                for layer, records in pending.items()}
+        if not rows or None in rows.values():
+            return False
         automatic = self.clipping == "automatic"
         clipped = native_rows_clip(list(rows.values()), self.max_grad_norm, scale,
                                    AUTO_S_GAMMA if automatic else CLIP_EPS, cap=not automatic)
