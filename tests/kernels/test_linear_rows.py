@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trustlab.errors import TrustlabError
-from trustlab.kernels import automatic_factors, clip_factors, linear_rows, row_sq_norms
+from trustlab.kernels import (automatic_factors, clip_factors, linear_rows, row_sq_norms,
+                              weighted_weight_sum)
 from trustlab.privacy.tracker import GradSampleTracker
 
 needs_native = pytest.mark.skipif(
@@ -217,3 +218,93 @@ def test_each_layers_records_are_freed_once_its_sum_is_formed(native, monkeypatc
     _engine_sums(model, torch.randn(50, 12), torch.randint(0, 3, (50,)), "flat", monkeypatch,
                  native)
     assert len(seen) == 3 and alive_at_last == [False, False]
+
+
+def _torch_exports_sgemm() -> bool:
+    import ctypes
+    import glob
+    import os
+    paths = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.*"))
+    return any(hasattr(ctypes.CDLL(path), "sgemm_") for path in paths)
+
+
+needs_blas = pytest.mark.skipif(not linear_rows.native_rows_available([]) or
+                                not _torch_exports_sgemm(),
+                                reason="no C compiler, or torch's CPU library exports no sgemm")
+
+
+@needs_blas
+def test_the_kernels_weight_sums_pass_their_check_against_torch():
+    # the kernel's GEMMs through torch's sgemm are used only once they match torch's own on a
+    # small case (an ABI mismatch, ILP64 integers say, would fail it and fall back)
+    assert linear_rows._blas() is not None
+
+
+@needs_blas
+@pytest.mark.parametrize("batch", [1, 7, 65, 513])  # around the 64-sample blocks
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_weight_sums_equal_torchs_gemm(batch, threads):
+    # outputs 1, 2 and 3 wide (split over two threads: one each, none), a 1-wide input, a
+    # frozen weight (bias only), the reference MLP's layers
+    shapes = [(5, 1), (7, 2), (1, 3), (9, 4), (100, 256), (256, 256)]
+    parts = [(True, True), (True, False), (True, True), (False, True), (True, True),
+             (True, True)]
+    layers = _layers(batch, shapes, parts)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = linear_rows.native_rows_clip(layers, 0.8, float(batch), 1e-6, cap=True,
+                                           weight_sums=True)
+    finally:
+        torch.set_num_threads(before)
+    alone = linear_rows.native_rows_clip(layers, 0.8, float(batch), 1e-6, cap=True)
+    torch.testing.assert_close(got.factors, alone.factors, rtol=0, atol=0)
+    for layer, have, bias, want_bias in zip(layers, got.weight_sums, got.bias_sums,
+                                            alone.bias_sums):
+        assert (have is None) == (layer.weight is None)
+        if have is not None:
+            want = weighted_weight_sum(layer.a, layer.g, got.factors)
+            torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)
+        assert (bias is None) == (want_bias is None)
+        if bias is not None:
+            torch.testing.assert_close(bias, want_bias, rtol=0, atol=0)
+    assert all(w is None for w in alone.weight_sums)  # not asked for: left to torch
+
+
+@needs_blas
+def test_weight_sums_are_formed_in_the_call_only_where_they_are_small_beside_the_records():
+    # weights 12*40 + 40*40 + 40*3 = 2200 numbers; records 175 a sample: in the call from 63
+    shapes, parts = [(12, 40), (40, 40), (40, 3)], [(True, True)] * 3
+    assert linear_rows.weight_sums_in_call(_layers(63, shapes, parts))
+    assert not linear_rows.weight_sums_in_call(_layers(62, shapes, parts))
+
+
+def test_without_sgemm_the_weight_sums_are_left_to_torch(monkeypatch):
+    monkeypatch.setattr(linear_rows, "_blas", lambda: None)
+    layers = _layers(5000, [(4, 3)], [(True, True)])
+    assert not linear_rows.weight_sums_in_call(layers)
+    if linear_rows.native_rows_available(layers):
+        with pytest.raises(RuntimeError, match="weight_sums_in_call"):
+            linear_rows.native_rows_clip(layers, 1.0, 1.0, 1e-6, cap=True, weight_sums=True)
+
+
+@needs_blas
+@pytest.mark.parametrize("batch", [20, 200], ids=["gemm-per-layer", "in-call"])
+def test_the_engine_takes_either_native_flush_with_the_torch_paths_sums(batch, monkeypatch):
+    import trustlab.privacy.tracker as tracker_module
+
+    gemms = []
+    real = tracker_module.weighted_weight_sum
+
+    def spy(*args):
+        gemms.append(args)
+        return real(*args)
+    monkeypatch.setattr(tracker_module, "weighted_weight_sum", spy)
+    torch.manual_seed(1)
+    x, y = torch.randn(batch, 12) * 3, torch.randint(0, 3, (batch,))
+    model = _mlp()
+    native, _ = _engine_sums(model, x, y, "flat", monkeypatch, "1")
+    assert len(gemms) == (3 if batch == 20 else 0)
+    reference, _ = _engine_sums(model, x, y, "flat", monkeypatch, "0")
+    for name, want in reference.items():
+        torch.testing.assert_close(native[name], want, rtol=1e-5, atol=1e-6)
