@@ -149,19 +149,27 @@ def _clip(layers: list[RowLayer], max_grad_norm: float, scale: float, gamma: flo
         parts.append(TRAINS_WEIGHT * (layer.weight is not None) + TRAINS_BIAS * bias)
         sizes += [layer.weight.numel() if weight else 0, rows_g.shape[1] if bias else 0]
     batch = g[0].shape[0]
-    out = g[0].new_empty(2 * batch + sum(sizes))
+    sizes = [batch, batch, *sizes]
+    padded = [_padded(n) for n in sizes]
+    out = g[0].new_empty(sum(padded))
     total = _kernel()(len(layers), batch, native.pointers(a + g),
                       native.int64s([t.shape[1] for t in a] + [t.shape[1] for t in g]),
                       native.int64s(parts), max_grad_norm, scale, gamma, int(cap),
                       out.data_ptr(), *blas)
     if total == -1.0:
         raise MemoryError("the native flush could not allocate its tables and scratch")
-    sq_norms, factors, *sums = out.split([batch, batch, *sizes])
+    sq_norms, factors, *sums = (part[:n] for part, n in zip(out.split(padded), sizes))
     return RowsClipped(sq_norms, total, factors,
                        [s.view(layer.weight.shape) if s.numel() else None
                         for s, layer in zip(sums[::2], layers)],
                        [s if layer.bias is not None else None
                         for s, layer in zip(sums[1::2], layers)])
+
+
+def _padded(n: int) -> int:
+    """``n`` floats rounded up to whole 64-byte lines (each part of the kernel's output starts
+    on one: the noise kernel and the optimizer then read whole vectors)."""
+    return (n + 15) // 16 * 16
 
 
 def _float32_cpu(layer: RowLayer) -> bool:

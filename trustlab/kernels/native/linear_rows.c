@@ -21,6 +21,8 @@
 #define PARALLEL_MIN_ELEMS (1 << 15)
 #define COLUMN_BLOCK 64 /* bias columns per thread's share */
 #define SAMPLE_BLOCK 64 /* samples rescaled at a time for one weight-sum GEMM */
+/* every part of out starts on a 64-byte line (whole vectors for the kernels reading it) */
+#define PADDED(n) (((n) + 15) / 16 * 16)
 
 /* BLAS's Fortran sgemm (LP64) and MKL's per-thread thread count */
 typedef void (*sgemm_fn)(const char *, const char *, const int *, const int *, const int *,
@@ -91,8 +93,9 @@ static int weight_sums(int64_t layers, int64_t batch, const float *const *a,
  * rows[layers + l] (batch x widths[layers + l]); parts[l] says what trains (& 1: its weight,
  * & 2: its bias). Writes into out, for every sample i, out[i] = scale^2 sum_l ||grad_l,i||^2
  * (the squared norms of each sample's own loss gradient when the loss was a mean scaled by
- * 1/scale) and out[batch + i] = scale * bound / (sqrt(out[i]) + gamma), capped at scale when
- * cap != 0 (the clip factors), then, layer after layer, the clipped sums: given sgemm, the
+ * 1/scale) and out[PADDED(batch) + i] = scale * bound / (sqrt(out[i]) + gamma), capped at
+ * scale when cap != 0 (the clip factors), then, layer after layer, each part PADDED, the
+ * clipped sums: given sgemm, the
  * weight's, sum_i factor_i g[l]_i a[l]_i^T (g_width[l] x a_width[l], row-major), if it trains;
  * the bias's, sum_i factor_i g[l]_i (g_width[l]), if it trains. Returns the sum of the squared
  * norms: not finite when any sample's is not, and nothing after the norms is then written;
@@ -103,7 +106,7 @@ double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *con
                                  sgemm_fn sgemm, set_threads_fn set_threads) {
     const float *const *a = rows, *const *g = rows + layers;
     const int64_t *a_width = widths, *g_width = widths + layers;
-    float *restrict sq_norms = out, *restrict factors = out + batch;
+    float *restrict sq_norms = out, *restrict factors = out + PADDED(batch);
     int64_t row_elems = 0; /* per sample, all layers: the work the threads share */
     for (int64_t l = 0; l < layers; l++) row_elems += a_width[l] + g_width[l];
     int parallel = batch * row_elems >= PARALLEL_MIN_ELEMS;
@@ -126,14 +129,15 @@ double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *con
     }
     /* each layer's sums: its weight's (given sgemm), then its bias's; the table on the heap,
      * as a model may have any number of layers */
-    float **weight = malloc(sizeof(float *) * (size_t)(2 * layers + 1)), *next = out + 2 * batch;
+    float **weight = malloc(sizeof(float *) * (size_t)(2 * layers + 1));
+    float *next = out + 2 * PADDED(batch);
     if (weight == NULL) return -1.0;
     float **bias = weight + layers;
     for (int64_t l = 0; l < layers; l++) {
         weight[l] = sgemm && (parts[l] & TRAINS_WEIGHT) ? next : NULL;
-        next += weight[l] ? g_width[l] * a_width[l] : 0;
+        next += weight[l] ? PADDED(g_width[l] * a_width[l]) : 0;
         bias[l] = parts[l] & TRAINS_BIAS ? next : NULL;
-        next += bias[l] ? g_width[l] : 0;
+        next += bias[l] ? PADDED(g_width[l]) : 0;
     }
     if (sgemm && weight_sums(layers, batch, a, a_width, g, g_width, parts, factors, weight,
                              parallel, sgemm, set_threads) != 0) {
