@@ -303,8 +303,11 @@ def test_the_engine_takes_either_native_flush_with_the_torch_paths_sums(batch, m
     torch.manual_seed(1)
     x, y = torch.randn(batch, 12) * 3, torch.randint(0, 3, (batch,))
     model = _mlp()
-    native, _ = _engine_sums(model, x, y, "flat", monkeypatch, "1")
+    native, tracker = _engine_sums(model, x, y, "flat", monkeypatch, "1")
     assert len(gemms) == (3 if batch == 20 else 0)
+    # the norms kept for inspection hold their own memory, not the gradients' (which they
+    # would keep alive into the next step)
+    assert tracker.last_sq_norms.untyped_storage().nbytes() <= 4 * 2 * (batch + 16)
     reference, _ = _engine_sums(model, x, y, "flat", monkeypatch, "0")
     for name, want in reference.items():
         torch.testing.assert_close(native[name], want, rtol=1e-5, atol=1e-6)

@@ -68,7 +68,7 @@ def _kernel() -> Callable[..., float] | None:
     int64s = ctypes.POINTER(ctypes.c_int64)
     clip.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p), int64s,
                      int64s, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int32,
-                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     clip.restype = ctypes.c_double
     return clip
 
@@ -124,9 +124,9 @@ def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float,
     all ``layers`` times ``scale``, the bias sums weighted by them and, with ``weight_sums``
     (where :func:`weight_sums_in_call` says so), the weight sums; without, they are
     :func:`~trustlab.kernels.clip.weighted_weight_sum` of each layer's rows and the factors.
-    None where the kernel does not serve ``layers`` (:func:`native_rows_available`). All the
-    results are views of one new tensor; a step's fixed cost is mostly calls like these, so
-    this one makes few."""
+    None where the kernel does not serve ``layers`` (:func:`native_rows_available`). The sums
+    are views of one new tensor, the norms and factors of another (a step's fixed cost is
+    mostly calls like these, so this one makes few)."""
     if _kernel() is None or not native.enabled() or not all(map(_float32_cpu, layers)):
         return None
     blas = _blas() if weight_sums else (None, None)
@@ -149,16 +149,16 @@ def _clip(layers: list[RowLayer], max_grad_norm: float, scale: float, gamma: flo
         parts.append(TRAINS_WEIGHT * (layer.weight is not None) + TRAINS_BIAS * bias)
         sizes += [layer.weight.numel() if weight else 0, rows_g.shape[1] if bias else 0]
     batch = g[0].shape[0]
-    sizes = [batch, batch, *sizes]
     padded = [_padded(n) for n in sizes]
-    out = g[0].new_empty(sum(padded))
+    norms, out = g[0].new_empty(2 * _padded(batch)), g[0].new_empty(sum(padded))
     total = _kernel()(len(layers), batch, native.pointers(a + g),
                       native.int64s([t.shape[1] for t in a] + [t.shape[1] for t in g]),
                       native.int64s(parts), max_grad_norm, scale, gamma, int(cap),
-                      out.data_ptr(), *blas)
+                      norms.data_ptr(), out.data_ptr(), *blas)
     if total == -1.0:
         raise MemoryError("the native flush could not allocate its tables and scratch")
-    sq_norms, factors, *sums = (part[:n] for part, n in zip(out.split(padded), sizes))
+    sq_norms, factors = norms[:batch], norms[_padded(batch):][:batch]
+    sums = [part[:n] for part, n in zip(out.split(padded), sizes)]
     return RowsClipped(sq_norms, total, factors,
                        [s.view(layer.weight.shape) if s.numel() else None
                         for s, layer in zip(sums[::2], layers)],
@@ -167,7 +167,7 @@ def _clip(layers: list[RowLayer], max_grad_norm: float, scale: float, gamma: flo
 
 
 def _padded(n: int) -> int:
-    """``n`` floats rounded up to whole 64-byte lines (each part of the kernel's output starts
+    """``n`` floats rounded up to whole 64-byte lines (each part of the kernel's outputs starts
     on one: the noise kernel and the optimizer then read whole vectors)."""
     return (n + 15) // 16 * 16
 

@@ -6,8 +6,9 @@
  *
  * Layer l has activations a[l] (batch x a_width[l]) and output gradients g[l]
  * (batch x g_width[l]), both row-major and contiguous. Sample i's weight gradient is
- * g_i a_i^T, with ||g_i a_i^T||^2 = ||a_i||^2 ||g_i||^2, and its bias gradient g_i. All the
- * results go into one buffer (one allocation for the caller). */
+ * g_i a_i^T, with ||g_i a_i^T||^2 = ||a_i||^2 ||g_i||^2, and its bias gradient g_i. The
+ * norms and factors go into one buffer, all the sums into another (two allocations for the
+ * caller; the sums become the gradients, the norms are kept apart from them). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,7 +22,7 @@
 #define PARALLEL_MIN_ELEMS (1 << 15)
 #define COLUMN_BLOCK 64 /* bias columns per thread's share */
 #define SAMPLE_BLOCK 64 /* samples rescaled at a time for one weight-sum GEMM */
-/* every part of out starts on a 64-byte line (whole vectors for the kernels reading it) */
+/* every part of the outputs starts on a 64-byte line (whole vectors for their readers) */
 #define PADDED(n) (((n) + 15) / 16 * 16)
 
 /* BLAS's Fortran sgemm (LP64) and MKL's per-thread thread count */
@@ -91,22 +92,23 @@ static int weight_sums(int64_t layers, int64_t batch, const float *const *a,
 
 /* Layer l's activations are rows[l] (batch x widths[l]) and its output gradients
  * rows[layers + l] (batch x widths[layers + l]); parts[l] says what trains (& 1: its weight,
- * & 2: its bias). Writes into out, for every sample i, out[i] = scale^2 sum_l ||grad_l,i||^2
- * (the squared norms of each sample's own loss gradient when the loss was a mean scaled by
- * 1/scale) and out[PADDED(batch) + i] = scale * bound / (sqrt(out[i]) + gamma), capped at
- * scale when cap != 0 (the clip factors), then, layer after layer, each part PADDED, the
- * clipped sums: given sgemm, the
+ * & 2: its bias). Writes into norms, for every sample i, norms[i] = scale^2 sum_l
+ * ||grad_l,i||^2 (the squared norms of each sample's own loss gradient when the loss was a mean
+ * scaled by 1/scale) and norms[PADDED(batch) + i] = scale * bound / (sqrt(norms[i]) + gamma),
+ * capped at scale when cap != 0 (the clip factors), and into sums, layer after layer, each
+ * part PADDED, the clipped sums: given sgemm, the
  * weight's, sum_i factor_i g[l]_i a[l]_i^T (g_width[l] x a_width[l], row-major), if it trains;
  * the bias's, sum_i factor_i g[l]_i (g_width[l]), if it trains. Returns the sum of the squared
  * norms: not finite when any sample's is not, and nothing after the norms is then written;
  * -1 when memory for the sums' tables or scratch cannot be had. */
 double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *const *rows,
                                  const int64_t *widths, const int64_t *parts, double bound,
-                                 double scale, double gamma, int32_t cap, float *restrict out,
-                                 sgemm_fn sgemm, set_threads_fn set_threads) {
+                                 double scale, double gamma, int32_t cap,
+                                 float *restrict norms, float *restrict sums, sgemm_fn sgemm,
+                                 set_threads_fn set_threads) {
     const float *const *a = rows, *const *g = rows + layers;
     const int64_t *a_width = widths, *g_width = widths + layers;
-    float *restrict sq_norms = out, *restrict factors = out + PADDED(batch);
+    float *restrict sq_norms = norms, *restrict factors = norms + PADDED(batch);
     int64_t row_elems = 0; /* per sample, all layers: the work the threads share */
     for (int64_t l = 0; l < layers; l++) row_elems += a_width[l] + g_width[l];
     int parallel = batch * row_elems >= PARALLEL_MIN_ELEMS;
@@ -130,7 +132,7 @@ double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *con
     /* each layer's sums: its weight's (given sgemm), then its bias's; the table on the heap,
      * as a model may have any number of layers */
     float **weight = malloc(sizeof(float *) * (size_t)(2 * layers + 1));
-    float *next = out + 2 * PADDED(batch);
+    float *next = sums;
     if (weight == NULL) return -1.0;
     float **bias = weight + layers;
     for (int64_t l = 0; l < layers; l++) {
