@@ -4,7 +4,7 @@ One module per layer family registers a :class:`LayerKernel` for its module type
 engine stays generic and looks kernels up with :func:`kernel_for`. Triton runs on CUDA tensors,
 the torch path elsewhere. On the CPU, native C kernels (built by :mod:`trustlab.kernels.native`
 where a compiler exists) draw the step's noise (:mod:`trustlab.kernels.philox`) and clip MLPs'
-one-row Linear layers in one call, their GEMMs included through torch's own MKL where it is
+one-row Linear layers in one call, and their weight sums through torch's own MKL where it is
 exported (:mod:`trustlab.kernels.linear_rows`). Imports nothing of
 trustlab.
 """
@@ -14,15 +14,14 @@ from trustlab.kernels.clip import (AUTO_S_GAMMA, CLIP_EPS, automatic_factors, cl
                                    noisy_write, scale_accumulate, weighted_weight_sum)
 from trustlab.kernels.linear import row_sq_norms
 from trustlab.kernels.linear_rows import (native_rows_available, native_rows_clip,
-                                          weight_sums_in_call)
+                                          native_weight_sum)
 from trustlab.kernels.registry import (LayerKernel, Record, data_key, kernel_for,
                                        overridden_methods, own_class, register_kernel,
                                        registered_base, shared_results, supported_types)
 from trustlab.kernels.vmap import VmapKernel, register_vmap_kernel
 
-__all__ = ["AUTO_S_GAMMA", "CLIP_EPS", "LayerKernel", "Record", "VmapKernel",
-           "automatic_factors", "clip_factors", "data_key", "kernel_for", "native_rows_available",
-           "native_rows_clip", "noisy_write", "overridden_methods", "own_class",
-           "register_kernel", "register_vmap_kernel", "registered_base", "row_sq_norms",
-           "scale_accumulate", "shared_results", "supported_types", "weight_sums_in_call",
-           "weighted_weight_sum"]
+__all__ = ["AUTO_S_GAMMA", "CLIP_EPS", "LayerKernel", "Record", "VmapKernel", "automatic_factors",
+           "clip_factors", "data_key", "kernel_for", "native_rows_available", "native_rows_clip",
+           "native_weight_sum", "noisy_write", "overridden_methods", "own_class", "register_kernel",
+           "register_vmap_kernel", "registered_base", "row_sq_norms", "scale_accumulate",
+           "shared_results", "supported_types", "weighted_weight_sum"]

@@ -28,9 +28,9 @@ from torch.autograd.graph import get_gradient_edge
 
 from trustlab.errors import ConfigError, TrustlabError
 from trustlab.kernels import (AUTO_S_GAMMA, CLIP_EPS, LayerKernel, Record, automatic_factors,
-                              clip_factors, data_key, kernel_for, native_rows_clip, own_class,
-                              row_sq_norms, scale_accumulate, shared_results,
-                              weight_sums_in_call, weighted_weight_sum)
+                              clip_factors, data_key, kernel_for, native_rows_clip,
+                              native_weight_sum, own_class, row_sq_norms, scale_accumulate,
+                              shared_results, weighted_weight_sum)
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
 _TAPPED_CLASSES: dict[type, type] = {}
@@ -392,10 +392,9 @@ class GradSampleTracker:
     def _flush_rows(self, pending: dict[nn.Module, list[Record]], scale: float) -> bool:
         """Flat or automatic clipping when every layer is a Linear that saw one row per sample:
         the norms, factors and bias sums of all layers in one native call
-        (:mod:`trustlab.kernels.linear_rows`), the weight sums too where that call may form
-        them (:func:`~trustlab.kernels.linear_rows.weight_sums_in_call`), else one GEMM per
-        layer, smallest layer first, each layer's records dropped once summed (as
-        :meth:`flush` does). False where that does not apply."""
+        (:mod:`trustlab.kernels.linear_rows`), then one weight sum per layer (native where
+        torch's MKL is at hand), smallest layer first, each layer's records dropped once summed
+        (as :meth:`flush` does). False where that does not apply."""
         if self.layer_bounds is not None or (self.shared and
                                              any(layer in self.shared for layer in pending)):
             return False
@@ -405,28 +404,25 @@ class GradSampleTracker:
         if not rows or None in rows.values():
             return False
         automatic = self.clipping == "automatic"
-        in_call = weight_sums_in_call(list(rows.values()))
         clipped = native_rows_clip(list(rows.values()), self.max_grad_norm, scale,
-                                   AUTO_S_GAMMA if automatic else CLIP_EPS, cap=not automatic,
-                                   weight_sums=in_call)
+                                   AUTO_S_GAMMA if automatic else CLIP_EPS, cap=not automatic)
         if clipped is None:
             return False
         if not math.isfinite(clipped.total):  # the torch path's norms name the layer
             self._check_finite(clipped.sq_norms, self._sq_norms(pending)[0])
         self.last_sq_norms = clipped.sq_norms
         self._count_unclipped(clipped.factors, scale)
-        for row, weight, bias in zip(rows.values(), clipped.weight_sums, clipped.bias_sums):
-            if weight is not None:
-                self._add(row.weight, weight)
+        for row, bias in zip(rows.values(), clipped.bias_sums):
             if bias is not None:
                 self._add(row.bias, bias)
-        if in_call:
-            return True
         for layer in sorted(rows, key=lambda layer: rows[layer].a.nbytes + rows[layer].g.nbytes):
             row = rows.pop(layer)
             del pending[layer]
             if row.weight is not None:
-                self._add(row.weight, weighted_weight_sum(row.a, row.g, clipped.factors))
+                weight = native_weight_sum(row.a, row.g, clipped.factors)
+                if weight is None:
+                    weight = weighted_weight_sum(row.a, row.g, clipped.factors)
+                self._add(row.weight, weight)
         return True
 
     def _group_factors(self, group: nn.Module | None, sq_norms: Tensor, scale: float) -> Tensor:

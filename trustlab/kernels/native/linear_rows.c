@@ -1,14 +1,12 @@
-/* Flat (or automatic) clipping of Linear layers that each saw one row per sample, fused into
- * one call: per-sample squared norms over all layers, clip factors, the clipped bias sums and,
- * given a BLAS sgemm (MKL's, exported by torch's CPU library), the clipped weight sums.
- * trustlab.privacy.tracker's torch path (LinearKernel.sq_norms, clip_factors,
+/* Flat (or automatic) clipping of Linear layers that each saw one row per sample: one call for
+ * the per-sample squared norms over all layers, the clip factors and the clipped bias sums, then
+ * one call per layer for its clipped weight sum through a BLAS sgemm (MKL's, exported by torch's
+ * CPU library). trustlab.privacy.tracker's torch path (LinearKernel.sq_norms, clip_factors,
  * weighted_weight_sum) is the reference: the same numbers from torch ops.
  *
  * Layer l has activations a[l] (batch x a_width[l]) and output gradients g[l]
  * (batch x g_width[l]), both row-major and contiguous. Sample i's weight gradient is
- * g_i a_i^T, with ||g_i a_i^T||^2 = ||a_i||^2 ||g_i||^2, and its bias gradient g_i. The
- * norms and factors go into one buffer, all the sums into another (two allocations for the
- * caller; the sums become the gradients, the norms are kept apart from them). */
+ * g_i a_i^T, with ||g_i a_i^T||^2 = ||a_i||^2 ||g_i||^2, and its bias gradient g_i. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,6 +19,7 @@
 /* below this many elements per call one thread is faster than waking the others */
 #define PARALLEL_MIN_ELEMS (1 << 15)
 #define COLUMN_BLOCK 64 /* bias columns per thread's share */
+#define PARALLEL_MIN_FLOPS (1 << 18) /* a smaller GEMM runs on one thread */
 #define SAMPLE_BLOCK 64 /* samples rescaled at a time for one weight-sum GEMM */
 /* every part of the outputs starts on a 64-byte line (whole vectors for their readers) */
 #define PADDED(n) (((n) + 15) / 16 * 16)
@@ -43,15 +42,16 @@ static void add_scaled_row(float *restrict acc, const float *restrict x, int64_t
     for (int64_t j = 0; j < n; j++) acc[j] += f * x[j];
 }
 
-/* w (d x p, row-major) = sum_i factors[i] g_i a_i^T: each thread takes a share of w's rows
- * and runs one single-threaded GEMM per block of SAMPLE_BLOCK samples, whose rows of g (its
- * share of their columns) it first rescales into its own scratch. Returns 0, or -1 when the
- * scratch cannot be had. */
-static int weight_sums(int64_t layers, int64_t batch, const float *const *a,
-                       const int64_t *a_width, const float *const *g, const int64_t *g_width,
-                       const int64_t *parts, const float *factors, float *const *w,
-                       int parallel, sgemm_fn sgemm, set_threads_fn set_threads) {
+/* w (d x p, row-major) = sum_i factors[i] g_i a_i^T for one layer's rows a (batch x p) and g
+ * (batch x d), both row-major: each thread takes a share of w's rows and runs one
+ * single-threaded GEMM per block of SAMPLE_BLOCK samples, whose rows of g (its share of their
+ * columns) it first rescales into its own scratch, so that no rescaled copy of the layer is
+ * made. Returns 0, or -1 when memory for the scratch cannot be had. */
+int trustlab_linear_rows_weight_sum(int64_t batch, const float *a, int64_t p, const float *g,
+                                    int64_t d, const float *factors, float *w, sgemm_fn sgemm,
+                                    set_threads_fn set_threads) {
     int failed = 0;
+    int parallel = batch * p * d >= PARALLEL_MIN_FLOPS;
     (void)parallel; /* unused where the kernel is built without OpenMP */
 #pragma omp parallel if (parallel) reduction(| : failed)
     {
@@ -60,28 +60,21 @@ static int weight_sums(int64_t layers, int64_t batch, const float *const *a,
 #else
         int threads = 1, thread = 0;
 #endif
-        int64_t widest = 0;
-        for (int64_t l = 0; l < layers; l++)
-            if (g_width[l] > widest) widest = g_width[l];
-        int64_t share = (widest + threads - 1) / threads + 1; /* g's columns a thread takes */
-        float *scratch = malloc(sizeof(float) * SAMPLE_BLOCK * share);
+        int64_t first = d * thread / threads, last = d * (thread + 1) / threads;
+        int rows = (int)(last - first), width = (int)p;
+        float *scratch = malloc(sizeof(float) * SAMPLE_BLOCK * (size_t)(rows + 1));
         int before = set_threads ? set_threads(1) : 0;
-        for (int64_t l = 0; scratch && l < layers; l++) {
-            if (!(parts[l] & TRAINS_WEIGHT)) continue;
-            int64_t d = g_width[l], first = d * thread / threads, last = d * (thread + 1) / threads;
-            int rows = (int)(last - first), p = (int)a_width[l];
-            for (int64_t i0 = 0; rows && i0 < batch; i0 += SAMPLE_BLOCK) {
-                int k = (int)(batch - i0 < SAMPLE_BLOCK ? batch - i0 : SAMPLE_BLOCK);
-                for (int i = 0; i < k; i++) {
-                    const float *row = g[l] + (i0 + i) * d + first;
-                    float f = factors[i0 + i];
-                    for (int j = 0; j < rows; j++) scratch[i * rows + j] = f * row[j];
-                }
-                /* column-major: w^T[:, first:last] (+)= a_block^T scratch */
-                float one = 1.0f, beta = i0 ? 1.0f : 0.0f;
-                sgemm("N", "T", &p, &rows, &k, &one, a[l] + i0 * p, &p, scratch, &rows, &beta,
-                      w[l] + first * p, &p);
+        for (int64_t i0 = 0; scratch && rows && i0 < batch; i0 += SAMPLE_BLOCK) {
+            int k = (int)(batch - i0 < SAMPLE_BLOCK ? batch - i0 : SAMPLE_BLOCK);
+            for (int i = 0; i < k; i++) {
+                const float *row = g + (i0 + i) * d + first;
+                float f = factors[i0 + i];
+                for (int j = 0; j < rows; j++) scratch[i * rows + j] = f * row[j];
             }
+            /* column-major: w^T[:, first:last] (+)= a_block^T scratch */
+            float one = 1.0f, beta = i0 ? 1.0f : 0.0f;
+            sgemm("N", "T", &width, &rows, &k, &one, a + i0 * p, &width, scratch, &rows, &beta,
+                  w + first * p, &width);
         }
         if (set_threads) set_threads(before);
         failed = scratch == NULL;
@@ -95,23 +88,21 @@ static int weight_sums(int64_t layers, int64_t batch, const float *const *a,
  * & 2: its bias). Writes into norms, for every sample i, norms[i] = scale^2 sum_l
  * ||grad_l,i||^2 (the squared norms of each sample's own loss gradient when the loss was a mean
  * scaled by 1/scale) and norms[PADDED(batch) + i] = scale * bound / (sqrt(norms[i]) + gamma),
- * capped at scale when cap != 0 (the clip factors), and into sums, layer after layer, each
- * part PADDED, the clipped sums: given sgemm, the
- * weight's, sum_i factor_i g[l]_i a[l]_i^T (g_width[l] x a_width[l], row-major), if it trains;
- * the bias's, sum_i factor_i g[l]_i (g_width[l]), if it trains. Returns the sum of the squared
- * norms: not finite when any sample's is not, and nothing after the norms is then written;
- * -1 when memory for the sums' tables or scratch cannot be had. */
+ * capped at scale when cap != 0 (the clip factors), and into sums, layer after layer, each part
+ * PADDED, the clipped sum of each training bias, sum_i factor_i g[l]_i (g_width[l] floats).
+ * Returns the sum of the squared norms: not finite when any sample's is not, and nothing after
+ * the norms is then written. */
 double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *const *rows,
                                  const int64_t *widths, const int64_t *parts, double bound,
                                  double scale, double gamma, int32_t cap,
-                                 float *restrict norms, float *restrict sums, sgemm_fn sgemm,
-                                 set_threads_fn set_threads) {
+                                 float *restrict norms, float *restrict sums) {
     const float *const *a = rows, *const *g = rows + layers;
     const int64_t *a_width = widths, *g_width = widths + layers;
     float *restrict sq_norms = norms, *restrict factors = norms + PADDED(batch);
     int64_t row_elems = 0; /* per sample, all layers: the work the threads share */
     for (int64_t l = 0; l < layers; l++) row_elems += a_width[l] + g_width[l];
     int parallel = batch * row_elems >= PARALLEL_MIN_ELEMS;
+    (void)parallel; /* unused where the kernel is built without OpenMP */
     double total = 0.0;
 #pragma omp parallel for if (parallel) reduction(+ : total) schedule(static)
     for (int64_t i = 0; i < batch; i++) {
@@ -129,34 +120,18 @@ double trustlab_linear_rows_clip(int64_t layers, int64_t batch, const float *con
         double f = scale * bound / (sqrt((double)sq_norms[i]) + gamma);
         factors[i] = (float)(cap && f > scale ? scale : f);
     }
-    /* each layer's sums: its weight's (given sgemm), then its bias's; the table on the heap,
-     * as a model may have any number of layers */
-    float **weight = malloc(sizeof(float *) * (size_t)(2 * layers + 1));
-    float *next = sums;
-    if (weight == NULL) return -1.0;
-    float **bias = weight + layers;
+    float *bias = sums;
     for (int64_t l = 0; l < layers; l++) {
-        weight[l] = sgemm && (parts[l] & TRAINS_WEIGHT) ? next : NULL;
-        next += weight[l] ? PADDED(g_width[l] * a_width[l]) : 0;
-        bias[l] = parts[l] & TRAINS_BIAS ? next : NULL;
-        next += bias[l] ? PADDED(g_width[l]) : 0;
-    }
-    if (sgemm && weight_sums(layers, batch, a, a_width, g, g_width, parts, factors, weight,
-                             parallel, sgemm, set_threads) != 0) {
-        free(weight);
-        return -1.0;
-    }
-    for (int64_t l = 0; l < layers; l++) {
-        if (!bias[l]) continue;
+        if (!(parts[l] & TRAINS_BIAS)) continue;
         int64_t d = g_width[l];
 #pragma omp parallel for if (parallel && d >= 2 * COLUMN_BLOCK) schedule(static)
         for (int64_t k0 = 0; k0 < d; k0 += COLUMN_BLOCK) {
             int64_t n = d - k0 < COLUMN_BLOCK ? d - k0 : COLUMN_BLOCK;
-            for (int64_t k = 0; k < n; k++) bias[l][k0 + k] = 0.0f;
+            for (int64_t k = 0; k < n; k++) bias[k0 + k] = 0.0f;
             for (int64_t i = 0; i < batch; i++)
-                add_scaled_row(bias[l] + k0, g[l] + i * d + k0, n, factors[i]);
+                add_scaled_row(bias + k0, g[l] + i * d + k0, n, factors[i]);
         }
+        bias += PADDED(d);
     }
-    free(weight);
     return total;
 }
