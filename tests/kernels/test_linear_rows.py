@@ -167,7 +167,7 @@ def test_without_gnu_openmp_the_kernels_run_on_one_thread_with_the_same_results(
     noise = philox.native_noisy_write(sums, 1.0, 0.5, key=3)
     monkeypatch.setenv("TRUSTLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_gnu_openmp_loaded", lambda: False)
-    caches = (native.load, linear_rows._kernel, philox._kernel)
+    caches = (native.load, linear_rows._kernels, philox._kernel)
     for cache in caches:
         cache.cache_clear()
     try:

@@ -20,7 +20,7 @@ import functools
 import glob
 import os
 from dataclasses import dataclass
-from typing import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -54,30 +54,22 @@ class RowsClipped:
 
 
 @functools.cache
-def _kernel() -> Callable[..., float] | None:
+def _kernels() -> SimpleNamespace | None:
+    """The C source's two entry points with their signatures: ``clip`` (norms, factors, bias
+    sums) and ``weight_sum`` (one layer's); None where it cannot be built here."""
     library = native.load("linear_rows")
     if library is None:
         return None
-    clip = library.trustlab_linear_rows_clip
-    int64s = ctypes.POINTER(ctypes.c_int64)
-    clip.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p), int64s,
-                     int64s, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int32,
-                     ctypes.c_void_p, ctypes.c_void_p]
+    int64s, pointer = ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p
+    clip, weight_sum = library.trustlab_linear_rows_clip, library.trustlab_linear_rows_weight_sum
+    clip.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(pointer), int64s, int64s,
+                     ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int32, pointer,
+                     pointer]
     clip.restype = ctypes.c_double
-    return clip
-
-
-@functools.cache
-def _layer_kernel() -> Callable[..., int] | None:
-    library = native.load("linear_rows")
-    if library is None:
-        return None
-    weight_sum = library.trustlab_linear_rows_weight_sum
-    weight_sum.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                           ctypes.c_void_p]
+    weight_sum.argtypes = [ctypes.c_int64, pointer, ctypes.c_int64, pointer, ctypes.c_int64,
+                           pointer, pointer, pointer, pointer]
     weight_sum.restype = ctypes.c_int
-    return weight_sum
+    return SimpleNamespace(clip=clip, weight_sum=weight_sum)
 
 
 def native_weight_sum(a: Tensor, g: Tensor, factors: Tensor) -> Tensor | None:
@@ -92,9 +84,11 @@ def native_weight_sum(a: Tensor, g: Tensor, factors: Tensor) -> Tensor | None:
 
 def _weight_sum(a: Tensor, g: Tensor, factors: Tensor, blas: tuple[int, int | None]) -> Tensor:
     a, g = a.contiguous(), g.contiguous()
+    factors = factors.to(torch.float32).contiguous()
     out = g.new_empty(g.shape[1], a.shape[1])
-    if _layer_kernel()(g.shape[0], a.data_ptr(), a.shape[1], g.data_ptr(), g.shape[1],
-                       factors.data_ptr(), out.data_ptr(), *blas) != 0:
+    status = _kernels().weight_sum(g.shape[0], a.data_ptr(), a.shape[1], g.data_ptr(),
+                                   g.shape[1], factors.data_ptr(), out.data_ptr(), *blas)
+    if status != 0:
         raise MemoryError("the native weight sum could not allocate its scratch")
     return out
 
@@ -110,7 +104,7 @@ def _blas() -> tuple[int, int | None] | None:
             library = ctypes.CDLL(path)
         except OSError:
             continue
-        if _layer_kernel() is None or not hasattr(library, "sgemm_"):
+        if _kernels() is None or not hasattr(library, "sgemm_"):
             return None
         address = functools.partial(_address, library)
         blas = address("sgemm_"), address("MKL_Set_Num_Threads_Local")
@@ -132,7 +126,7 @@ def native_rows_available(layers: list[RowLayer]) -> bool:
     """Whether :func:`native_rows_clip` serves ``layers``: float32 on the CPU, a C compiler
     here, and ``TRUSTLAB_NATIVE`` not 0."""
     return (native.enabled() and all(_float32_cpu(layer) for layer in layers)
-            and _kernel() is not None)
+            and _kernels() is not None)
 
 
 def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float, gamma: float,
@@ -145,7 +139,7 @@ def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float,
     (:func:`native_rows_available`). The bias sums are views of one new tensor, the norms and
     factors of another, each part on a 64-byte line (a step's fixed cost is mostly calls like
     these, so this one makes few)."""
-    if _kernel() is None or not native.enabled() or not all(map(_float32_cpu, layers)):
+    if _kernels() is None or not native.enabled() or not all(map(_float32_cpu, layers)):
         return None
     a = [layer.a.contiguous() for layer in layers]
     g = [layer.g.contiguous() for layer in layers]
@@ -155,7 +149,7 @@ def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float,
     batch = g[0].shape[0]
     padded = [_padded(n) for n in sizes]
     norms, sums = g[0].new_empty(2 * _padded(batch)), g[0].new_empty(sum(padded))
-    total = _kernel()(len(layers), batch, native.pointers(a + g),
+    total = _kernels().clip(len(layers), batch, native.pointers(a + g),
                       native.int64s([t.shape[1] for t in a] + [t.shape[1] for t in g]),
                       native.int64s(parts), max_grad_norm, scale, gamma, int(cap),
                       norms.data_ptr(), sums.data_ptr())
