@@ -77,9 +77,8 @@ def native_weight_sum(a: Tensor, g: Tensor, factors: Tensor) -> Tensor | None:
     float32 on the CPU, through torch's own MKL sgemm in blocks of rescaled samples (no
     rescaled copy of the layer); None where that is not available (no compiler, no exported
     sgemm, or it failed its check, :func:`_blas`)."""
-    if not (native.enabled() and _float32_cpu(RowLayer(a, g, None, None))) or _blas() is None:
-        return None
-    return _weight_sum(a, g, factors, _blas())
+    blas = _blas() if native.enabled() and _float32_cpu(a, g) else None
+    return None if blas is None else _weight_sum(a, g, factors, blas)
 
 
 def _weight_sum(a: Tensor, g: Tensor, factors: Tensor, blas: tuple[int, int | None]) -> Tensor:
@@ -125,7 +124,7 @@ def _address(library: ctypes.CDLL, name: str) -> int | None:
 def native_rows_available(layers: list[RowLayer]) -> bool:
     """Whether :func:`native_rows_clip` serves ``layers``: float32 on the CPU, a C compiler
     here, and ``TRUSTLAB_NATIVE`` not 0."""
-    return (native.enabled() and all(_float32_cpu(layer) for layer in layers)
+    return (native.enabled() and all(_float32_cpu(layer.a, layer.g) for layer in layers)
             and _kernels() is not None)
 
 
@@ -139,7 +138,7 @@ def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float,
     (:func:`native_rows_available`). The bias sums are views of one new tensor, the norms and
     factors of another, each part on a 64-byte line (a step's fixed cost is mostly calls like
     these, so this one makes few)."""
-    if _kernels() is None or not native.enabled() or not all(map(_float32_cpu, layers)):
+    if not native_rows_available(layers):
         return None
     a = [layer.a.contiguous() for layer in layers]
     g = [layer.g.contiguous() for layer in layers]
@@ -150,9 +149,9 @@ def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float,
     padded = [_padded(n) for n in sizes]
     norms, sums = g[0].new_empty(2 * _padded(batch)), g[0].new_empty(sum(padded))
     total = _kernels().clip(len(layers), batch, native.pointers(a + g),
-                      native.int64s([t.shape[1] for t in a] + [t.shape[1] for t in g]),
-                      native.int64s(parts), max_grad_norm, scale, gamma, int(cap),
-                      norms.data_ptr(), sums.data_ptr())
+                            native.int64s([t.shape[1] for t in a] + [t.shape[1] for t in g]),
+                            native.int64s(parts), max_grad_norm, scale, gamma, int(cap),
+                            norms.data_ptr(), sums.data_ptr())
     biases = [part[:n] if n else None for part, n in zip(sums.split(padded), sizes)]
     return RowsClipped(norms[:batch], total, norms[_padded(batch):][:batch], biases)
 
@@ -163,6 +162,5 @@ def _padded(n: int) -> int:
     return (n + 15) // 16 * 16
 
 
-def _float32_cpu(layer: RowLayer) -> bool:
-    a, g = layer.a, layer.g
-    return a.dtype == torch.float32 and g.dtype == torch.float32 and a.is_cpu and g.is_cpu
+def _float32_cpu(*tensors: Tensor) -> bool:
+    return all(t.dtype == torch.float32 and t.is_cpu for t in tensors)

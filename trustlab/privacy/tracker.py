@@ -415,7 +415,7 @@ class GradSampleTracker:
         for row, bias in zip(rows.values(), clipped.bias_sums):
             if bias is not None:
                 self._add(row.bias, bias)
-        for layer in sorted(rows, key=lambda layer: rows[layer].a.nbytes + rows[layer].g.nbytes):
+        for layer in sorted(rows, key=lambda layer: _record_bytes(pending[layer])):
             row = rows.pop(layer)
             del pending[layer]
             if row.weight is not None:
