@@ -39,6 +39,11 @@ def _torch_path(layers, max_grad_norm, scale, automatic):
     return norms, factors, [factors @ r.g if r.bias is not None else None for r in layers]
 
 
+def _sums(layers, factors):
+    """Each layer's native (weight sum, bias sum)."""
+    return [linear_rows.native_rows_sums(r, factors) for r in layers]
+
+
 @needs_native
 @pytest.mark.parametrize("batch", [1, 7, 512])  # 512: the threads share the work
 @pytest.mark.parametrize("automatic", [False, True], ids=["flat", "automatic"])
@@ -53,10 +58,27 @@ def test_native_clip_equals_the_torch_path(batch, automatic):
     torch.testing.assert_close(got.sq_norms, norms, rtol=1e-5, atol=0)
     torch.testing.assert_close(got.factors, factors, rtol=1e-5, atol=0)
     assert got.total == pytest.approx(norms.double().sum().item(), rel=1e-5)
-    for have, want in zip(got.bias_sums, bias_sums):
-        assert (have is None) == (want is None)
-        if have is not None:
-            torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-6)
+    for layer, (weight, bias), want in zip(layers, _sums(layers, got.factors), bias_sums):
+        assert (bias is None) == (want is None) and (weight is None) == (layer.weight is None)
+        if bias is not None:
+            torch.testing.assert_close(bias, want, rtol=1e-5, atol=1e-6)
+        if weight is not None:
+            torch.testing.assert_close(weight, weighted_weight_sum(layer.a, layer.g, factors),
+                                       rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_norms_added_before_the_clip_count_as_its_layers():
+    # the engine adds each layer's norms as its records arrive; the clip adds the rest
+    layers = _layers(300, [(100, 256), (256, 256), (256, 2)], [(True, True)] * 3)
+    partial = torch.zeros(300)
+    for layer in layers[:2]:
+        linear_rows.add_row_sq_norms(layer, partial)
+    got = linear_rows.native_rows_clip(layers[2:], 1.0, 300.0, 1e-6, cap=True, norms=partial)
+    whole = linear_rows.native_rows_clip(layers, 1.0, 300.0, 1e-6, cap=True)
+    torch.testing.assert_close(got.sq_norms, whole.sq_norms, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got.factors, whole.factors, rtol=1e-6, atol=0)
+    assert got.sq_norms is partial  # scaled in place: no second buffer
 
 
 @needs_native
@@ -66,12 +88,15 @@ def test_threads_change_nothing_and_share_torchs_openmp_runtime():
     try:
         torch.set_num_threads(1)
         alone = linear_rows.native_rows_clip(layers, 1.0, 700.0, 1e-6, cap=True)
+        alone_sums = _sums(layers, alone.factors)
     finally:
         torch.set_num_threads(threads)
     shared = linear_rows.native_rows_clip(layers, 1.0, 700.0, 1e-6, cap=True)
     assert torch.equal(alone.factors, shared.factors)
     assert torch.equal(alone.sq_norms, shared.sq_norms)
-    assert all(torch.equal(alone.bias_sums[i], shared.bias_sums[i]) for i in (0, 1))
+    for one, both in zip(alone_sums, _sums(layers, shared.factors)):
+        assert torch.equal(one[1], both[1])  # the bias sums: no reduction across threads
+        torch.testing.assert_close(one[0], both[0], rtol=1e-6, atol=1e-7)  # MKL's blocking
 
 
 @needs_native
@@ -118,21 +143,27 @@ def _engine_sums(model, x, y, clipping, monkeypatch, native):
 def test_the_engine_takes_the_native_path_for_an_mlp_with_the_same_result(clipping,
                                                                          monkeypatch):
     calls = []
-    real = linear_rows.native_rows_clip
+    real_add, real_clip = linear_rows.add_row_sq_norms, linear_rows.native_rows_clip
 
-    def spy(*args, **kwargs):  # counts the calls the native kernel served
-        result = real(*args, **kwargs)
+    def add_spy(layer, norms):
+        calls.append("add")
+        real_add(layer, norms)
+
+    def clip_spy(layers, *args, **kwargs):  # records the calls the native kernel served
+        result = real_clip(layers, *args, **kwargs)
         if result is not None:
-            calls.append(args[0])
+            calls.append(len(layers))
         return result
-    monkeypatch.setattr("trustlab.privacy.tracker.native_rows_clip", spy)
+    monkeypatch.setattr("trustlab.privacy.tracker.add_row_sq_norms", add_spy)
+    monkeypatch.setattr("trustlab.privacy.tracker.native_rows_clip", clip_spy)
     torch.manual_seed(0)
     x, y = torch.randn(200, 12) * torch.rand(200, 1) * 4, torch.randint(0, 3, (200,))
     model = _mlp()
     native, tracked = _engine_sums(model, x, y, clipping, monkeypatch, "1")
-    assert len(calls) == 1 and len(calls[0]) == 3
+    # each layer's norms added in the backward pass as its records came, none left to the clip
+    assert calls == ["add", "add", "add", 0]
     torch_path, reference = _engine_sums(model, x, y, clipping, monkeypatch, "0")
-    assert len(calls) == 1  # TRUSTLAB_NATIVE=0: the torch path
+    assert len(calls) == 4  # TRUSTLAB_NATIVE=0: the torch path
     assert set(native) == set(torch_path) == {n for n, _ in model.named_parameters()}
     for name, want in torch_path.items():
         torch.testing.assert_close(native[name], want, rtol=1e-5, atol=1e-6)
@@ -164,6 +195,7 @@ def test_without_gnu_openmp_the_kernels_run_on_one_thread_with_the_same_results(
     layers = _layers(700, [(100, 256), (256, 3)], [(True, True)] * 2)
     sums = [torch.randn(300, 200), torch.randn(7)]
     threaded = linear_rows.native_rows_clip(layers, 1.0, 700.0, 1e-6, cap=True)
+    threaded_bias = linear_rows.native_rows_sums(layers[0], threaded.factors)[1]
     noise = philox.native_noisy_write(sums, 1.0, 0.5, key=3)
     monkeypatch.setenv("TRUSTLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_gnu_openmp_loaded", lambda: False)
@@ -173,7 +205,8 @@ def test_without_gnu_openmp_the_kernels_run_on_one_thread_with_the_same_results(
     try:
         alone = linear_rows.native_rows_clip(layers, 1.0, 700.0, 1e-6, cap=True)
         assert torch.equal(alone.factors, threaded.factors)
-        assert torch.equal(alone.bias_sums[0], threaded.bias_sums[0])
+        assert torch.equal(linear_rows.native_rows_sums(layers[0], alone.factors)[1],
+                           threaded_bias)
         for got, want in zip(philox.native_noisy_write(sums, 1.0, 0.5, key=3), noise):
             assert torch.equal(got, want)
         assert len(list(tmp_path.rglob("*.so"))) == 2  # built apart from the threaded ones
@@ -203,16 +236,21 @@ def test_each_layers_records_are_freed_once_its_sum_is_formed(native, monkeypatc
 
     seen, alive_at_last = [], []  # each layer's g, in the order summed
 
-    def spy(real):
-        def weight_sum(a, g, weights):
-            if not any(ref() is g for ref in seen):
-                alive_at_last[:] = [ref() is not None for ref in seen]
-                seen.append(weakref.ref(g))
-            return real(a, g, weights)
-        return weight_sum
-    for module, name in ((tracker_module, "native_weight_sum"),
-                         (tracker_module, "weighted_weight_sum"), (linear, "weighted_weight_sum")):
-        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    def note(g):
+        if not any(ref() is g for ref in seen):
+            alive_at_last[:] = [ref() is not None for ref in seen]
+            seen.append(weakref.ref(g))
+
+    def torch_spy(a, g, weights):
+        note(g)
+        return real_torch(a, g, weights)
+
+    def native_spy(row, factors):
+        note(row.g)
+        return real_native(row, factors)
+    real_torch, real_native = linear.weighted_weight_sum, tracker_module.native_rows_sums
+    monkeypatch.setattr(linear, "weighted_weight_sum", torch_spy)
+    monkeypatch.setattr(tracker_module, "native_rows_sums", native_spy)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 64), nn.ReLU(),
                           nn.Linear(64, 3))
@@ -245,46 +283,54 @@ def test_the_kernels_weight_sums_pass_their_check_against_torch():
 @pytest.mark.parametrize("batch", [1, 7, 65, 513])  # around the 64-sample blocks
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("p, d", [(5, 1), (7, 2), (1, 3), (100, 256), (256, 256), (256, 2)])
-def test_native_weight_sum_equals_torchs_gemm(batch, threads, p, d):
+@pytest.mark.parametrize("parts", [(True, True), (True, False), (False, True)],
+                         ids=["both", "weight", "bias"])
+def test_native_sums_equal_torchs_gemm(batch, threads, p, d, parts):
     # outputs 1, 2 and 3 wide (split over two threads: none, one each), a 1-wide input, the
     # reference MLP's layers
-    torch.manual_seed(0)
-    a, g, factors = torch.randn(batch, p), torch.randn(batch, d), torch.rand(batch)
+    layer = _layers(batch, [(p, d)], [parts])[0]
+    factors = torch.rand(batch)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        got = linear_rows.native_weight_sum(a, g, factors)
+        weight, bias = linear_rows.native_rows_sums(layer, factors)
     finally:
         torch.set_num_threads(before)
     # against float64, to float32's rounding of 513-term sums: 1e-5 of the largest entry
-    want = weighted_weight_sum(a.double(), g.double(), factors.double())
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max())
+    a, g, f = layer.a.double(), layer.g.double(), factors.double()
+    for got, want, trains in ((weight, weighted_weight_sum(a, g, f), parts[0]),
+                              (bias, f @ g, parts[1])):
+        assert (got is not None) == trains
+        if trains:
+            torch.testing.assert_close(got.double(), want, rtol=1e-5,
+                                       atol=1e-5 * want.abs().max())
 
 
+@needs_native
 def test_without_sgemm_the_weight_sums_are_left_to_torch(monkeypatch):
     monkeypatch.setattr(linear_rows, "_blas", lambda: None)
-    assert linear_rows.native_weight_sum(torch.randn(5, 3), torch.randn(5, 2),
-                                         torch.rand(5)) is None
-
-
-def test_the_native_weight_sum_serves_float32_on_the_cpu_only():
-    a, g, factors = torch.randn(5, 3).double(), torch.randn(5, 2).double(), torch.rand(5)
-    assert linear_rows.native_weight_sum(a, g, factors) is None
+    gemms = []
+    monkeypatch.setattr(linear_rows, "weighted_weight_sum",
+                        lambda *args: gemms.append(args) or weighted_weight_sum(*args))
+    layer = _layers(5, [(3, 2)], [(True, True)])[0]
+    factors = torch.rand(5)
+    weight, bias = linear_rows.native_rows_sums(layer, factors)
+    assert len(gemms) == 1  # the weight by torch's GEMM, the bias still native
+    torch.testing.assert_close(weight, weighted_weight_sum(layer.a, layer.g, factors))
+    torch.testing.assert_close(bias, factors @ layer.g)
 
 
 @needs_blas
 @pytest.mark.parametrize("batch", [20, 200])
 def test_the_engine_forms_the_weight_sums_natively_with_the_torch_paths_result(batch,
                                                                              monkeypatch):
-    import trustlab.privacy.tracker as tracker_module
-
     gemms = []
-    real = tracker_module.weighted_weight_sum
+    real = linear_rows.weighted_weight_sum
 
     def spy(*args):
         gemms.append(args)
         return real(*args)
-    monkeypatch.setattr(tracker_module, "weighted_weight_sum", spy)
+    monkeypatch.setattr(linear_rows, "weighted_weight_sum", spy)
     torch.manual_seed(1)
     x, y = torch.randn(batch, 12) * 3, torch.randint(0, 3, (batch,))
     model = _mlp()
@@ -296,3 +342,28 @@ def test_the_engine_forms_the_weight_sums_natively_with_the_torch_paths_result(b
     reference, _ = _engine_sums(model, x, y, "flat", monkeypatch, "0")
     for name, want in reference.items():
         torch.testing.assert_close(native[name], want, rtol=1e-5, atol=1e-6)
+
+
+class _TwiceOnRows(nn.Module):
+    """A Linear applied twice to one-row inputs: its norms added as its first record came are
+    not its per-sample norms (those of the sum of its two uses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.first, self.mid, self.out = nn.Linear(12, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.mid(torch.tanh(self.mid(self.first(x))))))
+
+
+@needs_native
+def test_a_linear_used_twice_on_rows_is_clipped_as_the_torch_path_clips_it(monkeypatch):
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 12) * 3, torch.randint(0, 3, (60,))
+    native, tracked = _engine_sums(_TwiceOnRows(), x, y, "flat", monkeypatch, "1")
+    reference, torch_path = _engine_sums(_TwiceOnRows(), x, y, "flat", monkeypatch, "0")
+    for name, want in reference.items():
+        torch.testing.assert_close(native[name], want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tracked.last_sq_norms, torch_path.last_sq_norms, rtol=1e-5,
+                               atol=0)

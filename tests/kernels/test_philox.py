@@ -109,6 +109,23 @@ def test_engine_write_uses_one_fresh_key_per_step_and_a_stream_per_tensor():
         torch.testing.assert_close(out, want.view_as(s), rtol=1e-5, atol=1e-5)
 
 
+@needs_native
+def test_a_given_step_key_is_the_one_used():
+    sums = [torch.ones(3, 4), torch.zeros(10)]
+    got = clip.noisy_write(sums, 0.7, 4.0, None, key=12345)
+    for stream, (s, out) in enumerate(zip(sums, got)):
+        want = (s.flatten() + 0.7 * philox.philox_normals(s.numel(), 12345, stream)) / 4
+        torch.testing.assert_close(out, want.view_as(s), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", [0, 2**63 - 1, 0x9E3779B97F4A7C15 ^ 5])
+def test_step_keys_are_distinct_63_bit_keys(base):
+    # one base key, a million steps: no two steps share a key (so no two share noise)
+    keys = [clip.step_key(base, step) for step in range(10**6)]
+    assert len(set(keys)) == len(keys) and all(0 <= k < 2**63 for k in keys)
+    assert clip.step_key(base, 7) == clip.step_key(base, 7)  # reproducible
+
+
 def test_off_switch_and_other_dtypes_use_torchs_sampler(monkeypatch):
     monkeypatch.setenv("TRUSTLAB_NATIVE", "0")
     assert not philox.native_available(torch.zeros(1))

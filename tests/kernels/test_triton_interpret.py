@@ -140,14 +140,15 @@ def _private_step_grads(noise_multiplier: float, model: torch.nn.Module | None =
 def test_engine_on_the_triton_path_matches_the_torch_path(monkeypatch):
     """A whole DP step with every kernel dispatched to Triton (as on CUDA) gives the torch
     path's clipped sums, and its noise is one Philox stream over all parameters in order,
-    seeded by one draw of the optimizer's generator."""
+    seeded by the first step's key (from the optimizer's generator's first draw)."""
     want = _private_step_grads(0.0)
     for module in (clip, embedding, linear, norm):
         monkeypatch.setattr(module, "use_triton", lambda t: True)
     for got, ref in zip(_private_step_grads(0.0), want):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
     noise = torch.cat([(g - r).flatten() for g, r in zip(_private_step_grads(50.0), want)])
-    seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(1)))
+    base_key = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(1)))
+    seed = clip.step_key(base_key, 0)
     stream = clip.triton_noisy_write(torch.zeros(len(noise)), 50.0 * 0.3, 6.0, seed)
     torch.testing.assert_close(noise, stream, rtol=1e-4, atol=1e-4)
 

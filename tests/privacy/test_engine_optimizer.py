@@ -14,7 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from dp_reference import assert_close_sums, per_sample_grads, train_steps
 from trustlab.errors import ConfigError, TrustlabError
-from trustlab.kernels import philox
+from trustlab.kernels import clip, philox
 from trustlab.privacy import compute_epsilon, fix, make_private
 
 
@@ -45,18 +45,21 @@ def test_noise_std_is_sigma_times_c(secure):
 
 @pytest.mark.parametrize("native", ["1", "0"], ids=["native", "torch"])
 def test_noise_is_the_seeded_generators_sequence(native, monkeypatch):
-    """Each step's noise is the next draw of the generator seeded with ``noise_seed``
-    (reproducible runs): with the native kernel, one Philox key per step and each parameter
-    its own stream; with torch's sampler, one draw laid out over the parameters in order."""
+    """Each step's noise follows from the generator seeded with ``noise_seed`` (reproducible
+    runs), whose first draw is the optimizer's noise key: with the native kernel, one Philox
+    key per step (that key mixed with the step number) and each parameter its own stream;
+    with torch's sampler, the generator's next draw laid out over the parameters in order."""
     monkeypatch.setenv("TRUSTLAB_NATIVE", native)
     model, opt, _ = _setup(noise_multiplier=1.3, max_grad_norm=0.7, poisson_sampling=False)
     params = list(model.parameters())
     generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
+    base_key = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+    assert opt.noise_key == base_key
+    for step in range(3):
         opt.zero_grad()
         opt.step()
         if philox.native_available(params[0]):
-            key = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+            key = clip.step_key(base_key, step)
             noise = torch.cat([philox.philox_normals(p.numel(), key, stream)
                                for stream, p in enumerate(params)])
         else:
@@ -340,6 +343,24 @@ def test_resuming_from_state_dict_continues_epsilon_and_the_noise_stream():
     assert opt.steps == 5 and opt.epsilon(1e-5) == pytest.approx(want_eps, rel=1e-9)
     for got, ref in zip(model.parameters(), want):
         torch.testing.assert_close(got, ref)
+
+
+def test_a_state_dict_without_a_noise_key_resumes_with_a_fresh_one():
+    """States saved before the noise key was kept (each step's key then came from the
+    generator): loading one draws a new key from the restored generator, not the key of a
+    fresh optimizer with the same seed (whose noise the first run already used)."""
+    model, opt, _ = _setup(poisson_sampling=False)
+    opt.zero_grad()
+    opt.step()
+    state = opt.state_dict()
+    assert state["privacy"]["noise_key"] == opt.noise_key is not None
+    del state["privacy"]["noise_key"]
+    _, resumed, _ = _setup(poisson_sampling=False)
+    resumed.load_state_dict(state)
+    assert resumed.noise_key is None
+    resumed.zero_grad()
+    resumed.step()
+    assert resumed.noise_key is not None and resumed.noise_key != opt.noise_key
 
 
 def test_a_resumed_run_draws_new_poisson_batches():

@@ -15,6 +15,7 @@ from trustlab.kernels.philox import native_available, native_noisy_write
 from trustlab.kernels.registry import use_triton
 
 CLIP_EPS = 1e-6
+_WORD = 2**64 - 1
 AUTO_S_GAMMA = 0.01  # automatic clipping's stability constant (Bu et al. 2022)
 
 
@@ -54,12 +55,13 @@ def weighted_weight_sum(a: Tensor, g: Tensor, weights: Tensor) -> Tensor:
 def noisy_write(sums: list[Tensor], std: float, denominator: float,
                 generator: torch.Generator | None,
                 draw_normal: Callable[[int, float, torch.device], Tensor] | None = None,
-                in_place: bool = False) -> list[Tensor]:
+                in_place: bool = False, key: int | None = None) -> list[Tensor]:
     """``(s + N(0, std^2)) / denominator`` for every tensor: noise added once, in the final
-    write: Triton on CUDA, the native Philox kernel for float32 on the CPU (each one fresh
-    key per step from ``generator``). The torch path draws all the noise into one flat buffer
-    at scale ``std / denominator`` (the scale applied inside the sampler: no extra pass) and
-    adds ``s / denominator`` in one foreach op; the results are views of that buffer.
+    write: Triton on CUDA, the native Philox kernel for float32 on the CPU, both from the
+    step's 63-bit Philox ``key`` (one step, one key: see :func:`step_key`; None: a fresh one
+    from ``generator``). The torch path draws all the noise from ``generator`` into one flat
+    buffer at scale ``std / denominator`` (the scale applied inside the sampler: no extra pass)
+    and adds ``s / denominator`` in one foreach op; the results are views of that buffer.
     ``draw_normal(n, std, device)``, when given, draws the noise instead (any dtype). With
     ``in_place`` (sums nothing else holds) the Triton and native paths write over the sums
     (contiguous ones) instead of allocating."""
@@ -67,16 +69,18 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
         return []
     if len({(s.dtype, s.device) for s in sums}) > 1:  # the flat buffer has one dtype and device
         return _by_kind(sums, lambda part: noisy_write(part, std, denominator, generator,
-                                                       draw_normal, in_place))
+                                                       draw_normal, in_place, key))
     if use_triton(sums[0]) and draw_normal is None:
-        # one 63-bit Philox seed per step, each tensor at its own offset of that stream: no two
+        # the step's key as the seed, each tensor at its own offset of that stream: no two
         # tensors or steps share noise (31-bit seeds per tensor collide within ~10^5 steps)
-        seed = _step_key(generator, sums[0].device)
+        seed = draw_key(generator, sums[0].device) if key is None else key
         offsets = itertools.accumulate((s.numel() for s in sums[:-1]), initial=0)
         return [triton_noisy_write(s, std, denominator, seed, offset, in_place=in_place)
                 for s, offset in zip(sums, offsets)]
     if std > 0 and draw_normal is None and native_available(sums[0]):
-        key = _step_key(generator, sums[0].device)  # each tensor its own stream of that key
+        if key is None:
+            key = draw_key(generator, sums[0].device)
+        # each tensor its own stream of that key
         return native_noisy_write(sums, std, 1.0 / denominator, key, in_place=in_place)
     size, like = sum(s.numel() for s in sums), sums[0]
     if std > 0 and draw_normal is not None:
@@ -91,10 +95,21 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
     return out
 
 
-def _step_key(generator: torch.Generator | None, device: torch.device) -> int:
-    """A fresh 63-bit Philox key for one step's noise, from the optimizer's generator."""
+def draw_key(generator: torch.Generator | None, device: torch.device) -> int:
+    """A fresh 63-bit Philox key from ``generator`` (on ``device``'s kind of generator)."""
     key = torch.empty((), dtype=torch.int64, device=device)  # randint's draw, fewer steps
     return int(key.random_(0, 2**63 - 1, generator=generator))
+
+
+def step_key(base_key: int, step: int) -> int:
+    """Step ``step``'s 63-bit Philox key: ``base_key + step`` through SplitMix64's finaliser
+    (a bijection of 64-bit words, so distinct steps get distinct keys bar the 63-bit cut),
+    in Python: a step's noise then costs no torch call to draw its key (an optimizer draws its
+    base key once, :func:`draw_key`, and saves it with its state)."""
+    x = (base_key + step + 0x9E3779B97F4A7C15) & _WORD
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _WORD
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _WORD
+    return (x ^ (x >> 31)) & (2**63 - 1)
 
 
 def _by_kind(tensors: list[Tensor], write: Callable[[list[Tensor]], list[Tensor]]

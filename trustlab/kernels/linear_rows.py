@@ -2,15 +2,18 @@
 
 The MLP case: every layer's per-sample weight gradient is the outer product ``g_i a_i^T``, so a
 flush is the norms ``||a_i||^2 ||g_i||^2`` (plus ``||g_i||^2`` for the bias), the clip factors,
-the bias sums and one GEMM per layer on rescaled rows. The torch path takes some thirty small
-torch calls for a three-layer MLP, whose dispatch costs more than their arithmetic at these
-sizes. ``native/linear_rows.c`` computes the norms, factors and bias sums of all layers in one
-call (:func:`native_rows_clip`), on torch's threads, and, where torch's CPU library exports
-MKL's ``sgemm_``, each layer's weight sum in one more (:func:`native_weight_sum`): each thread
-takes a share of the weight's rows and runs one single-threaded GEMM per block of samples it
-has rescaled, so no rescaled copy of the layer is made. The engine's torch path
-(``LinearKernel.sq_norms``, :func:`~trustlab.kernels.clip.clip_factors`,
-:func:`~trustlab.kernels.clip.weighted_weight_sum`) is its reference.
+and per layer the bias sum and one GEMM on rescaled rows. The torch path takes some thirty
+small torch calls for a three-layer MLP, whose dispatch costs more than their arithmetic at
+these sizes. ``native/linear_rows.c`` adds a layer's norms into one buffer in one call
+(:func:`add_row_sq_norms`; the engine makes it as the layer's output gradients arrive in the
+backward pass, while they are in cache), turns the buffer into clip factors in one more
+(:func:`native_rows_clip`), and forms each layer's clipped sums in one call per layer
+(:func:`native_rows_sums`), on torch's threads: where torch's CPU library exports MKL's
+``sgemm_``, each thread takes a share of the weight's rows and runs one single-threaded GEMM per
+block of samples it has rescaled (adding them to its share of the bias sum), so no rescaled
+copy of the layer is made. The engine's torch path (``LinearKernel.sq_norms``,
+:func:`~trustlab.kernels.clip.clip_factors`, :func:`~trustlab.kernels.clip.weighted_weight_sum`)
+is its reference.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch import Tensor
 
 from trustlab.kernels import native
+from trustlab.kernels.clip import weighted_weight_sum
 
 TRAINS_WEIGHT, TRAINS_BIAS = 1, 2  # as in the C source
 
@@ -40,56 +44,113 @@ class RowLayer:
     weight: Tensor | None
     bias: Tensor | None
 
+    @property
+    def parts(self) -> int:
+        """What trains, as the C source's flags."""
+        return TRAINS_WEIGHT * (self.weight is not None) + TRAINS_BIAS * (self.bias is not None)
+
 
 @dataclass
 class RowsClipped:
     """Per-sample squared norms (of each sample's own loss gradient) and their sum (not finite
-    when one is not: the factors are then not computed), the clip factors, and each layer's
-    clipped bias sum (None where its bias does not train)."""
+    when one is not: the factors are then not computed), and the clip factors."""
 
     sq_norms: Tensor
     total: float
     factors: Tensor
-    bias_sums: list[Tensor | None]
 
 
 @functools.cache
 def _kernels() -> SimpleNamespace | None:
-    """The C source's two entry points with their signatures: ``clip`` (norms, factors, bias
-    sums) and ``weight_sum`` (one layer's); None where it cannot be built here."""
+    """The C source's entry points with their signatures: ``sq_norms`` (one layer's, added),
+    ``factors`` and ``sums`` (one layer's weight and bias sums); None where it cannot be built
+    here."""
     library = native.load("linear_rows")
     if library is None:
         return None
-    int64s, pointer = ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p
-    clip, weight_sum = library.trustlab_linear_rows_clip, library.trustlab_linear_rows_weight_sum
-    clip.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(pointer), int64s, int64s,
-                     ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int32, pointer,
-                     pointer]
-    clip.restype = ctypes.c_double
-    weight_sum.argtypes = [ctypes.c_int64, pointer, ctypes.c_int64, pointer, ctypes.c_int64,
-                           pointer, pointer, pointer, pointer]
-    weight_sum.restype = ctypes.c_int
-    return SimpleNamespace(clip=clip, weight_sum=weight_sum)
+    i64, i32, f64, pointer = ctypes.c_int64, ctypes.c_int32, ctypes.c_double, ctypes.c_void_p
+    sq_norms, factors, sums = (library.trustlab_linear_rows_sq_norms,
+                               library.trustlab_linear_rows_factors,
+                               library.trustlab_linear_rows_sums)
+    sq_norms.argtypes = [i64, pointer, i64, pointer, i64, i32, pointer]
+    sq_norms.restype = None
+    factors.argtypes = [i64, pointer, f64, f64, f64, i32, pointer]
+    factors.restype = f64
+    sums.argtypes = [i64, pointer, i64, pointer, i64, pointer, pointer, pointer, pointer, pointer]
+    sums.restype = ctypes.c_int
+    return SimpleNamespace(sq_norms=sq_norms, factors=factors, sums=sums)
 
 
-def native_weight_sum(a: Tensor, g: Tensor, factors: Tensor) -> Tensor | None:
-    """``sum_i factors[i] g_i^T a_i`` for one layer's (B, p) rows ``a`` and (B, d) ``g``,
-    float32 on the CPU, through torch's own MKL sgemm in blocks of rescaled samples (no
-    rescaled copy of the layer); None where that is not available (no compiler, no exported
-    sgemm, or it failed its check, :func:`_blas`)."""
-    blas = _blas() if native.enabled() and _float32_cpu(a, g) else None
-    return None if blas is None else _weight_sum(a, g, factors, blas)
+def native_rows_available(layers: list[RowLayer]) -> bool:
+    """Whether the native calls serve ``layers``: float32 on the CPU, a C compiler here, and
+    ``TRUSTLAB_NATIVE`` not 0."""
+    return (native.enabled() and all(_float32_cpu(layer.a, layer.g) for layer in layers)
+            and _kernels() is not None)
 
 
-def _weight_sum(a: Tensor, g: Tensor, factors: Tensor, blas: tuple[int, int | None]) -> Tensor:
-    a, g = a.contiguous(), g.contiguous()
+def add_row_sq_norms(layer: RowLayer, norms: Tensor) -> None:
+    """Add each sample's squared gradient norm over ``layer``'s training parameters,
+    ``||a_i||^2 ||g_i||^2 + ||g_i||^2``, into ``norms`` (float32, (B,), contiguous), in one
+    native call (the caller checked :func:`native_rows_available`)."""
+    a, g = layer.a.contiguous(), layer.g.contiguous()
+    _kernels().sq_norms(g.shape[0], a.data_ptr(), a.shape[1], g.data_ptr(), g.shape[1],
+                        layer.parts, norms.data_ptr())
+
+
+def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float, gamma: float,
+                     cap: bool, norms: Tensor | None = None) -> RowsClipped | None:
+    """Each sample's clip factor ``scale * C / (||grad_i|| + gamma)`` (capped at ``scale``
+    when ``cap``: flat clipping; uncapped: automatic), ``grad_i`` the sample's gradient over
+    all layers times ``scale``: over ``layers`` and those whose norms :func:`add_row_sq_norms`
+    already added into ``norms`` (written over). The clipped sums are then
+    :func:`native_rows_sums` of each layer and the factors. None where the native calls do not
+    serve ``layers`` (:func:`native_rows_available`)."""
+    if not native_rows_available(layers):
+        return None
+    if norms is None:
+        norms = torch.zeros(layers[0].g.shape[0] if layers else 0, dtype=torch.float32)
+    for layer in layers:
+        add_row_sq_norms(layer, norms)
+    factors = torch.empty_like(norms)
+    total = _kernels().factors(norms.shape[0], norms.data_ptr(), max_grad_norm, scale, gamma,
+                               int(cap), factors.data_ptr())
+    return RowsClipped(norms, total, factors)
+
+
+def native_rows_sums(layer: RowLayer, factors: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """``layer``'s clipped sums ``(sum_i f_i g_i^T a_i, sum_i f_i g_i)`` for the factors ``f``
+    (None for a part that does not train), in one native call: the weight sum through torch's
+    own MKL sgemm, in blocks of rescaled samples (no rescaled copy of the layer), or, where that
+    is not available (no exported sgemm, or it failed its check, :func:`_blas`), through
+    torch's GEMM (:func:`~trustlab.kernels.clip.weighted_weight_sum`). The caller checked
+    :func:`native_rows_available`."""
+    blas = _blas()
+    weight, bias = _sums(layer, factors, blas if layer.weight is not None else None)
+    if layer.weight is not None and weight is None:
+        weight = weighted_weight_sum(layer.a, layer.g, factors)
+    return weight, bias
+
+
+def _sums(layer: RowLayer, factors: Tensor, blas: tuple[int, int | None] | None
+          ) -> tuple[Tensor | None, Tensor | None]:
+    """The native call: the weight sum where ``blas`` is given, the bias sum where it trains."""
+    a, g = layer.a.contiguous(), layer.g.contiguous()
+    batch, p, d = g.shape[0], a.shape[1], g.shape[1]
+    weight = g.new_empty(d, p) if blas is not None else None
+    bias = g.new_empty(d) if layer.bias is not None else None
+    if weight is None and bias is None:
+        return None, None
     factors = factors.to(torch.float32).contiguous()
-    out = g.new_empty(g.shape[1], a.shape[1])
-    status = _kernels().weight_sum(g.shape[0], a.data_ptr(), a.shape[1], g.data_ptr(),
-                                   g.shape[1], factors.data_ptr(), out.data_ptr(), *blas)
+    sgemm, set_threads = blas if blas is not None else (None, None)
+    status = _kernels().sums(batch, a.data_ptr(), p, g.data_ptr(), d, factors.data_ptr(),
+                             _pointer(weight), _pointer(bias), sgemm, set_threads)
     if status != 0:
-        raise MemoryError("the native weight sum could not allocate its scratch")
-    return out
+        raise MemoryError("the native clipped sums could not allocate their scratch")
+    return weight, bias
+
+
+def _pointer(tensor: Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
 
 
 @functools.cache
@@ -111,55 +172,14 @@ def _blas() -> tuple[int, int | None] | None:
         a, g, factors = (torch.rand(70, n, generator=generator, dtype=torch.float32)
                          for n in (3, 5, 1))
         want = (g * factors).t() @ a
-        agrees = torch.allclose(_weight_sum(a, g, factors, blas), want, rtol=1e-5, atol=1e-6)
-        return blas if agrees else None
+        weight, _ = _sums(RowLayer(a, g, None, None), factors.flatten(), blas)
+        return blas if torch.allclose(weight, want, rtol=1e-5, atol=1e-6) else None
     return None
 
 
 def _address(library: ctypes.CDLL, name: str) -> int | None:
     function = getattr(library, name, None)
     return None if function is None else ctypes.cast(function, ctypes.c_void_p).value
-
-
-def native_rows_available(layers: list[RowLayer]) -> bool:
-    """Whether :func:`native_rows_clip` serves ``layers``: float32 on the CPU, a C compiler
-    here, and ``TRUSTLAB_NATIVE`` not 0."""
-    return (native.enabled() and all(_float32_cpu(layer.a, layer.g) for layer in layers)
-            and _kernels() is not None)
-
-
-def native_rows_clip(layers: list[RowLayer], max_grad_norm: float, scale: float, gamma: float,
-                     cap: bool) -> RowsClipped | None:
-    """Each sample's clip factor ``scale * C / (||grad_i|| + gamma)`` (capped at ``scale``
-    when ``cap``: flat clipping; uncapped: automatic), ``grad_i`` the sample's gradient over
-    all ``layers`` times ``scale``, and the bias sums weighted by them (the weight sums are
-    :func:`native_weight_sum` or :func:`~trustlab.kernels.clip.weighted_weight_sum` of each
-    layer's rows and the factors). None where the kernel does not serve ``layers``
-    (:func:`native_rows_available`). The bias sums are views of one new tensor, the norms and
-    factors of another, each part on a 64-byte line (a step's fixed cost is mostly calls like
-    these, so this one makes few)."""
-    if not native_rows_available(layers):
-        return None
-    a = [layer.a.contiguous() for layer in layers]
-    g = [layer.g.contiguous() for layer in layers]
-    parts = [TRAINS_WEIGHT * (layer.weight is not None) + TRAINS_BIAS * (layer.bias is not None)
-             for layer in layers]
-    sizes = [0 if layer.bias is None else rows.shape[1] for layer, rows in zip(layers, g)]
-    batch = g[0].shape[0]
-    padded = [_padded(n) for n in sizes]
-    norms, sums = g[0].new_empty(2 * _padded(batch)), g[0].new_empty(sum(padded))
-    total = _kernels().clip(len(layers), batch, native.pointers(a + g),
-                            native.int64s([t.shape[1] for t in a] + [t.shape[1] for t in g]),
-                            native.int64s(parts), max_grad_norm, scale, gamma, int(cap),
-                            norms.data_ptr(), sums.data_ptr())
-    biases = [part[:n] if n else None for part, n in zip(sums.split(padded), sizes)]
-    return RowsClipped(norms[:batch], total, norms[_padded(batch):][:batch], biases)
-
-
-def _padded(n: int) -> int:
-    """``n`` floats rounded up to whole 64-byte lines (each part of the kernel's outputs starts
-    on one: the noise kernel and the optimizer then read whole vectors)."""
-    return (n + 15) // 16 * 16
 
 
 def _float32_cpu(*tensors: Tensor) -> bool:

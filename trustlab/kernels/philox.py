@@ -4,9 +4,10 @@ torch's CPU sampler (a Mersenne Twister, one draw after another) takes a tenth o
 model's whole step; the C kernel ``native/philox_noise.c`` draws its normals about 2.5 times
 faster, vectorised, in the pass that writes ``(s + std z) * scale``. The normals of a
 64-bit ``key`` and ``stream`` are defined by :func:`philox_normals`, the pure-torch reference
-the kernel is tested against (the layout is described in the C source). Each step draws a fresh
-key from the optimizer's generator (its state is what ``state_dict`` saves) and each tensor is
-its own stream, so no two tensors or steps share noise.
+the kernel is tested against (the layout is described in the C source). Each step has its own
+key (the optimizer's noise key, drawn once from its generator and saved by ``state_dict``, mixed
+with the step number: :func:`~trustlab.kernels.clip.step_key`) and each tensor is its own
+stream, so no two tensors or steps share noise.
 """
 
 from __future__ import annotations

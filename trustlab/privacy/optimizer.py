@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from trustlab.errors import ConfigError, TrustlabError
-from trustlab.kernels import noisy_write
+from trustlab.kernels import draw_key, noisy_write, step_key
 from trustlab.privacy.accounting import PrivacyFacts, make_accountant
 from trustlab.privacy.adaptive import AdaptiveClipping
 from trustlab.privacy.sampling import ReceivedBatches, Sampling
@@ -42,9 +42,13 @@ class DPOptimizer(torch.optim.Optimizer):
         self.accountant = make_accountant(accountant)
         self.secure_random = secure_random  # secure_mode's noise source, else the generator's
         self.generator: torch.Generator | None = None
+        # the Philox key whose per-step keys the noise kernels use: the generator's first draw
+        # (secure mode: none), saved with it
+        self.noise_key: int | None = None
         if secure_random is None:
             self.generator = torch.Generator(device=self._device())
             self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
+            self.noise_key = draw_key(self.generator, self.generator.device)
         self.reduce = reduce
         self.received = received  # from make_private's loader (None: not Poisson)
         self.sampling = sampling  # the Poisson masks' source, saved with the noise's
@@ -160,7 +164,8 @@ class DPOptimizer(torch.optim.Optimizer):
         draw = self.secure_random.normal if self.secure_random is not None else None
         # the sums are this step's own (the flush's results, reset below): written over
         for p, grad in zip(params, noisy_write(sums, std, self.expected_batch_size,
-                                               self.generator, draw, in_place=True)):
+                                               self.generator, draw, in_place=True,
+                                               key=self._step_noise_key())):
             p.grad = grad
         self.tracker.reset()
         self.original_optimizer.step()
@@ -173,6 +178,15 @@ class DPOptimizer(torch.optim.Optimizer):
         for post_hook in list(self._optimizer_step_post_hooks.values()):
             post_hook(self, (), {})
         return loss
+
+    def _step_noise_key(self) -> int | None:
+        """This step's Philox key, from :attr:`noise_key` and the step count (None in secure
+        mode, whose noise has its own source)."""
+        if self.generator is None:
+            return None
+        if self.noise_key is None:  # a state saved before the key was kept
+            self.noise_key = draw_key(self.generator, self.generator.device)
+        return step_key(self.noise_key, self.steps)
 
     def _check_tracked(self, params: list[Tensor]) -> None:
         """Refuse to step trainable parameters no layer records per-sample gradients for:
@@ -256,10 +270,11 @@ class DPOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         """The wrapped optimizer's state and the privacy state (accountant history, steps,
-        samples seen, the positions of the noise's and the Poisson masks' generators): a resumed
-        run goes on spending ε and drawing fresh noise and batches instead of replaying them.
-        In secure mode the noise key is not saved (``noise_generator`` is None): a resumed run
-        draws a new key. Loadable with ``weights_only=True``."""
+        samples seen, the noise key and the positions of the noise's and the Poisson masks'
+        generators): a resumed run goes on spending ε and drawing fresh noise and batches
+        instead of replaying them. In secure mode the noise key is not saved
+        (``noise_generator`` and ``noise_key`` are None): a resumed run draws a new key.
+        Loadable with ``weights_only=True``."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         generator = None if self.generator is None else self.generator.get_state()
@@ -269,7 +284,8 @@ class DPOptimizer(torch.optim.Optimizer):
                  "privacy": {"accountant": dict(self.accountant.state_dict()),
                              "steps": self.steps, "samples_seen": self.samples_seen,
                              "max_grad_norm": self.max_grad_norm,
-                             "noise_generator": generator, "sampling_generator": sampling}}
+                             "noise_generator": generator, "noise_key": self.noise_key,
+                             "sampling_generator": sampling}}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             state = post_hook(self, state) or state
         return state
@@ -298,6 +314,7 @@ class DPOptimizer(torch.optim.Optimizer):
         self.max_grad_norm = float(privacy.get("max_grad_norm", self.max_grad_norm))
         if self.generator is not None:
             self.generator.set_state(generator)
+            self.noise_key = privacy.get("noise_key")  # absent (older states): drawn afresh
         sampling = privacy.get("sampling_generator")
         if sampling is not None and isinstance(self.sampling, torch.Generator):
             self.sampling.set_state(sampling)

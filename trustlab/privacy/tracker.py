@@ -27,10 +27,10 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
 from trustlab.errors import ConfigError, TrustlabError
-from trustlab.kernels import (AUTO_S_GAMMA, CLIP_EPS, LayerKernel, Record, automatic_factors,
-                              clip_factors, data_key, kernel_for, native_rows_clip,
-                              native_weight_sum, own_class, row_sq_norms, scale_accumulate,
-                              shared_results, weighted_weight_sum)
+from trustlab.kernels import (AUTO_S_GAMMA, CLIP_EPS, LayerKernel, Record, add_row_sq_norms,
+                              automatic_factors, clip_factors, data_key, kernel_for,
+                              native_rows_available, native_rows_clip, native_rows_sums,
+                              own_class, row_sq_norms, scale_accumulate, shared_results)
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, GradSampleTracker]" = weakref.WeakKeyDictionary()
 _TAPPED_CLASSES: dict[type, type] = {}
@@ -142,6 +142,10 @@ class GradSampleTracker:
         self._awaited: dict[nn.Module, weakref.WeakSet] = {}
         self._never_early: set[nn.Module] = set(self.shared)
         self._early = _EarlyClipped()
+        # flat or automatic clipping: the running pass's one-row Linear records' per-sample
+        # norms, added as they arrive (the flush's native path uses them), and their layers
+        self._pass_norms: Tensor | None = None
+        self._normed: set[nn.Module] = set()
         self._hooks: list = []  # on the parameters (and the module's forward) while attached
         self.module = module
         # the batch sizes of the module's inputs since the last flush: every record's first dim
@@ -234,6 +238,7 @@ class GradSampleTracker:
         """Forget the running backward pass (an error is about to abort it)."""
         self.records.clear()
         self._early = _EarlyClipped()
+        self._pass_norms, self._normed = None, set()
         self._callback_queued = False
         self._input_batches.clear()
 
@@ -257,12 +262,31 @@ class GradSampleTracker:
                 raise TrustlabError(f"layer {self.layers[layer]!r} was recorded after its "
                                     "per-layer clipping; no update was applied")
             self.records.setdefault(layer, []).append(record)
+            if self.layer_bounds is None and layer not in self.shared:
+                self._add_norms_now(layer, record)
             if not self._callback_queued:  # clip once the whole backward pass is done
                 self._callback_queued = True
                 torch.autograd.Variable._execution_engine.queue_callback(self._end_of_pass)
             if self._awaited and self._last_awaited(layer, node):  # per-layer clipping only
                 self._clip_early(layer)
         return sink
+
+    def _add_norms_now(self, layer: nn.Module, record: Record) -> None:
+        """Flat or automatic clipping: add a one-row Linear record's per-sample norms into the
+        running pass's buffer while its output gradients are in cache (natively; the flush
+        computes the norms of any record not added here). A layer's second record is not added:
+        the layer is then not one row per sample, and the flush takes its torch path."""
+        if len(self.records[layer]) != 1:
+            return
+        row = self.kernels[layer].rows(layer, self.records[layer])
+        if row is None or not native_rows_available([row]):
+            return
+        if self._pass_norms is None:
+            self._pass_norms = torch.zeros(record.batch_size, dtype=torch.float32)
+        elif self._pass_norms.shape[0] != record.batch_size:  # the flush reports mixed sizes
+            return
+        add_row_sq_norms(row, self._pass_norms)
+        self._normed.add(layer)
 
     def _trains(self, layer: nn.Module) -> bool:
         """Whether the running backward pass computes a gradient of ``layer``'s parameters.
@@ -332,6 +356,8 @@ class GradSampleTracker:
         caller holds them), so each layer's are freed once its sum is formed."""
         pending, self.records = self.records, {}
         early, self._early = self._early, _EarlyClipped()
+        pass_norms, normed = self._pass_norms, self._normed
+        self._pass_norms, self._normed = None, set()
         sizes = {r.batch_size for recs in pending.values() for r in recs} | early.batches
         if len(sizes) != 1:
             raise TrustlabError(f"layers saw different batch sizes {sorted(sizes)} in one "
@@ -347,7 +373,7 @@ class GradSampleTracker:
         pending = {layer: [_in_dtype(r, self.params[layer][0].dtype) for r in records]
                    for layer, records in pending.items()}
         scale = self._loss_scale(batch)
-        if self._flush_rows(pending, scale):
+        if self._flush_rows(pending, scale, pass_norms, normed):
             self.samples += batch
             return
         with shared_results(_shared_data(pending)):
@@ -389,12 +415,13 @@ class GradSampleTracker:
         if self.count_unclipped:
             self.unclipped = self.unclipped + (factors == scale).sum()
 
-    def _flush_rows(self, pending: dict[nn.Module, list[Record]], scale: float) -> bool:
-        """Flat or automatic clipping when every layer is a Linear that saw one row per sample:
-        the norms, factors and bias sums of all layers in one native call
-        (:mod:`trustlab.kernels.linear_rows`), then one weight sum per layer (native where
-        torch's MKL is at hand), smallest layer first, each layer's records dropped once summed
-        (as :meth:`flush` does). False where that does not apply."""
+    def _flush_rows(self, pending: dict[nn.Module, list[Record]], scale: float,
+                    pass_norms: Tensor | None, normed: set[nn.Module]) -> bool:
+        """Flat or automatic clipping when every layer is a Linear that saw one row per sample,
+        natively (:mod:`trustlab.kernels.linear_rows`): the norms (``pass_norms`` holds those of
+        the ``normed`` layers, added as their records arrived), the clip factors, then each
+        layer's weight and bias sums in one call, smallest layer first, each layer's records
+        dropped once summed (as :meth:`flush` does). False where that does not apply."""
         if self.layer_bounds is not None or (self.shared and
                                              any(layer in self.shared for layer in pending)):
             return False
@@ -404,25 +431,24 @@ class GradSampleTracker:
         if not rows or None in rows.values():
             return False
         automatic = self.clipping == "automatic"
-        clipped = native_rows_clip(list(rows.values()), self.max_grad_norm, scale,
-                                   AUTO_S_GAMMA if automatic else CLIP_EPS, cap=not automatic)
+        clipped = native_rows_clip([row for layer, row in rows.items() if layer not in normed],
+                                   self.max_grad_norm, scale,
+                                   AUTO_S_GAMMA if automatic else CLIP_EPS, cap=not automatic,
+                                   norms=pass_norms if normed else None)
         if clipped is None:
             return False
         if not math.isfinite(clipped.total):  # the torch path's norms name the layer
             self._check_finite(clipped.sq_norms, self._sq_norms(pending)[0])
         self.last_sq_norms = clipped.sq_norms
         self._count_unclipped(clipped.factors, scale)
-        for row, bias in zip(rows.values(), clipped.bias_sums):
-            if bias is not None:
-                self._add(row.bias, bias)
         for layer in sorted(rows, key=lambda layer: _record_bytes(pending[layer])):
             row = rows.pop(layer)
             del pending[layer]
-            if row.weight is not None:
-                weight = native_weight_sum(row.a, row.g, clipped.factors)
-                if weight is None:
-                    weight = weighted_weight_sum(row.a, row.g, clipped.factors)
+            weight, bias = native_rows_sums(row, clipped.factors)
+            if weight is not None:
                 self._add(row.weight, weight)
+            if bias is not None:
+                self._add(row.bias, bias)
         return True
 
     def _group_factors(self, group: nn.Module | None, sq_norms: Tensor, scale: float) -> Tensor:
@@ -478,6 +504,7 @@ class GradSampleTracker:
 
     def reset(self) -> None:
         self.records.clear()
+        self._pass_norms, self._normed = None, set()
         if self._early.norms:
             self._early = _EarlyClipped()
         self.summed.clear()
