@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,28 @@ def test_native_normals_equal_the_reference(n, key, stream):
     got, = philox.native_noisy_write([torch.zeros(n)], 1.0, 1.0, key, stream)
     # the same words; log, cos and sin differ from torch's by a few ulps
     torch.testing.assert_close(got, philox.philox_normals(n, key, stream), rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 flags")
+@pytest.mark.parametrize("flags", ["-mno-avx512f", "-mno-avx512f -mno-avx2"],
+                         ids=["avx2", "portable"])
+def test_the_narrower_builds_draw_the_same_words(flags, monkeypatch, tmp_path):
+    # the Philox blocks have one vector form per instruction set and a portable loop: each
+    # build gives the reference's normals
+    monkeypatch.setenv("TRUSTLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRUSTLAB_NATIVE_CFLAGS", flags)
+    for cache in (native.load, philox._kernel):
+        cache.cache_clear()
+    try:
+        got, = philox.native_noisy_write([torch.zeros(3000)], 1.0, 1.0, 2**63 + 7, 2**40 + 3)
+        assert len(list(tmp_path.rglob("philox_noise-*.so"))) == 1  # built with the flags
+    finally:
+        monkeypatch.delenv("TRUSTLAB_NATIVE_CFLAGS")
+        for cache in (native.load, philox._kernel):
+            cache.cache_clear()
+    want = philox.philox_normals(3000, 2**63 + 7, 2**40 + 3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @needs_native

@@ -1,7 +1,8 @@
 """Native CPU kernels: C sources under ``kernels/native`` compiled on first use, loaded with ctypes.
 
 A source is built once per machine with the system C compiler (``$CC``, else ``cc``) for the
-CPU it runs on (``-march=native``) and cached under ``$TRUSTLAB_CACHE_DIR`` (else
+CPU it runs on (``-march=native``, then any flags in ``$TRUSTLAB_NATIVE_CFLAGS``: say
+``-mno-avx512f`` to build for a narrower CPU) and cached under ``$TRUSTLAB_CACHE_DIR`` (else
 ``~/.cache/trustlab``) in a file named by a hash of the source, the flags, the compiler and the
 CPU, written atomically (processes building at once each rename a complete file into place).
 Where no compiler works :func:`load` returns None, and under ``TRUSTLAB_NATIVE=0``
@@ -23,6 +24,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -51,7 +53,8 @@ def load(name: str, fast_math: bool = False) -> ctypes.CDLL | None:
     here (the reason is logged)."""
     source = SOURCES / f"{name}.c"
     threads = "-fopenmp" if _gnu_openmp_loaded() else "-fopenmp-simd"
-    flags = (*FLAGS, threads, *([FAST_MATH] if fast_math else []))
+    flags = (*FLAGS, threads, *([FAST_MATH] if fast_math else []),
+             *shlex.split(os.environ.get("TRUSTLAB_NATIVE_CFLAGS", "")))
     link_flags = (*LINK_FLAGS, threads)
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:

@@ -1,8 +1,9 @@
 """The DP step's Gaussian noise on the CPU: Philox4x32-10 normals, fused with the final write.
 
 torch's CPU sampler (a Mersenne Twister, one draw after another) takes a tenth of a small
-model's whole step; the C kernel ``native/philox_noise.c`` draws its normals about 2.5 times
-faster, vectorised, in the pass that writes ``(s + std z) * scale``. The normals of a
+model's whole step; the C kernel ``native/philox_noise.c`` draws its normals about 3 times
+faster on one thread (5 on two), vectorised (the Philox rounds on 32-bit lanes with AVX-512 or
+AVX2 where the CPU has them), in the pass that writes ``(s + std z) * scale``. The normals of a
 64-bit ``key`` and ``stream`` are defined by :func:`philox_normals`, the pure-torch reference
 the kernel is tested against (the layout is described in the C source). Each step has its own
 key (the optimizer's noise key, drawn once from its generator and saved by ``state_dict``, mixed

@@ -11,11 +11,71 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #define BLOCK 64
 #define CHUNK (4 * BLOCK)
 #define PARALLEL_MIN (1 << 14) /* fewer normals: one thread is faster than waking the others */
 
+/* Philox4x32-10 blocks of the counters (first + j, stream), j < BLOCK, word w of counter j at
+ * x[w * BLOCK + j]. first is a multiple of BLOCK, so a block's counters share their high word. */
+#if defined(__AVX512F__) || defined(__AVX2__)
+/* the 32-bit lanes of a vector each a counter's word: 32 x 32 -> 64-bit products through
+ * vpmuludq on the even and the odd lanes (the compiler's own vectorisation of the portable
+ * loop below widens every lane to 64 bits and multiplies with vpmullq: half as fast, a third
+ * without AVX-512) */
+#if defined(__AVX512F__)
+typedef __m512i words;
+#define LANES 16
+#define SET1(v) _mm512_set1_epi32((int)(v))
+#define XOR(a, b) _mm512_xor_si512(a, b)
+#define ADD(a, b) _mm512_add_epi32(a, b)
+#define LANE_INDEX _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#define STORE(p, v) _mm512_storeu_si512((void *)(p), v)
+static inline words mul_hi_lo(words a, words m, words *lo) {
+    words even = _mm512_mul_epu32(a, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    *lo = _mm512_mullo_epi32(a, m);
+    return _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+#else
+typedef __m256i words;
+#define LANES 8
+#define SET1(v) _mm256_set1_epi32((int)(v))
+#define XOR(a, b) _mm256_xor_si256(a, b)
+#define ADD(a, b) _mm256_add_epi32(a, b)
+#define LANE_INDEX _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+#define STORE(p, v) _mm256_storeu_si256((void *)(p), v)
+static inline words mul_hi_lo(words a, words m, words *lo) {
+    words even = _mm256_mul_epu32(a, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    *lo = _mm256_mullo_epi32(a, m);
+    return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+#endif
+static void philox_block(uint64_t key, uint64_t first, uint64_t stream, uint32_t *restrict x) {
+    const words m0 = SET1(0xD2511F53u), m1 = SET1(0xCD9E8D57u);
+    for (int j = 0; j < BLOCK; j += LANES) {
+        uint64_t counter = first + (uint64_t)j;
+        words c0 = ADD(SET1((uint32_t)counter), LANE_INDEX), c1 = SET1(counter >> 32);
+        words c2 = SET1((uint32_t)stream), c3 = SET1(stream >> 32);
+        uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+        for (int round = 0; round < 10; round++) {
+            words lo0, lo1, hi0 = mul_hi_lo(c0, m0, &lo0), hi1 = mul_hi_lo(c2, m1, &lo1);
+            c0 = XOR(XOR(hi1, c1), SET1(k0));
+            c2 = XOR(XOR(hi0, c3), SET1(k1));
+            c1 = lo1;
+            c3 = lo0;
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        STORE(x + j, c0);
+        STORE(x + BLOCK + j, c1);
+        STORE(x + 2 * BLOCK + j, c2);
+        STORE(x + 3 * BLOCK + j, c3);
+    }
+}
+#else
 static void philox_block(uint64_t key, uint64_t first, uint64_t stream, uint32_t *restrict x) {
     for (int j = 0; j < BLOCK; j++) {
         uint64_t counter = first + (uint64_t)j;
@@ -38,6 +98,7 @@ static void philox_block(uint64_t key, uint64_t first, uint64_t stream, uint32_t
         x[3 * BLOCK + j] = c3;
     }
 }
+#endif
 
 static void box_muller(const uint32_t *restrict x, float *restrict z) {
     float r[2 * BLOCK], t[2 * BLOCK];
