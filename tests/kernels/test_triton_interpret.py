@@ -186,3 +186,14 @@ def test_chacha20_kernel_matches_the_torch_path():
     words = [0xFFFFFFFF - 7 * i for i in range(8)] + [0x80000001, 0xDEADBEEF, 7]
     torch.testing.assert_close(chacha.triton_chacha20_words(words, 300, 5, "cpu"),
                                chacha.torch_chacha20_words(words, 300, 5), rtol=0, atol=0)
+
+
+def test_tensors_of_two_kinds_get_keys_of_their_own(monkeypatch):
+    """Each dtype's tensors are written apart, their offsets each starting at 0: under one
+    seed the first tensor of each kind would get the same noise."""
+    monkeypatch.setattr(clip, "use_triton", lambda t: True)
+    sums = [torch.zeros(300), torch.zeros(300, dtype=torch.float64)]
+    single, double = clip.noisy_write(sums, 1.0, 1.0, None, key=77)
+    assert single.dtype == torch.float32 and double.dtype == torch.float64  # as the sums
+    assert single.abs().sum() > 0 and double.abs().sum() > 0
+    assert not torch.allclose(single.double(), double, atol=1e-3)

@@ -67,9 +67,18 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
     (contiguous ones) instead of allocating."""
     if not sums:
         return []
+    if (std > 0 and draw_normal is None and not use_triton(sums[0])
+            and native_available(sums[0])
+            and all(s.is_cpu and s.dtype == torch.float32 for s in sums)):
+        if key is None:
+            key = draw_key(generator, sums[0].device)
+        # each tensor its own stream of that key
+        return native_noisy_write(sums, std, 1.0 / denominator, key, in_place=in_place)
     if len({(s.dtype, s.device) for s in sums}) > 1:  # the flat buffer has one dtype and device
-        return _by_kind(sums, lambda part: noisy_write(part, std, denominator, generator,
-                                                       draw_normal, in_place, key))
+        # each kind its own key (the kinds' streams and offsets each start at 0)
+        return _by_kind(sums, lambda part, kind: noisy_write(
+            part, std, denominator, generator, draw_normal, in_place,
+            None if key is None else step_key(key, kind)))
     if use_triton(sums[0]) and draw_normal is None:
         # the step's key as the seed, each tensor at its own offset of that stream: no two
         # tensors or steps share noise (31-bit seeds per tensor collide within ~10^5 steps)
@@ -77,11 +86,6 @@ def noisy_write(sums: list[Tensor], std: float, denominator: float,
         offsets = itertools.accumulate((s.numel() for s in sums[:-1]), initial=0)
         return [triton_noisy_write(s, std, denominator, seed, offset, in_place=in_place)
                 for s, offset in zip(sums, offsets)]
-    if std > 0 and draw_normal is None and native_available(sums[0]):
-        if key is None:
-            key = draw_key(generator, sums[0].device)
-        # each tensor its own stream of that key
-        return native_noisy_write(sums, std, 1.0 / denominator, key, in_place=in_place)
     size, like = sum(s.numel() for s in sums), sums[0]
     if std > 0 and draw_normal is not None:
         flat = draw_normal(size, std / denominator, like.device).to(like.dtype)
@@ -112,15 +116,16 @@ def step_key(base_key: int, step: int) -> int:
     return (x ^ (x >> 31)) & (2**63 - 1)
 
 
-def _by_kind(tensors: list[Tensor], write: Callable[[list[Tensor]], list[Tensor]]
+def _by_kind(tensors: list[Tensor], write: Callable[[list[Tensor], int], list[Tensor]]
              ) -> list[Tensor]:
-    """``write`` applied to the tensors of each dtype and device apart, results in input order."""
+    """``write(part, k)`` applied to the tensors of each dtype and device apart (``k`` numbers
+    the kinds in order of first appearance), results in input order."""
     groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.dtype, t.device), []).append(i)
     out: dict[int, Tensor] = {}
-    for positions in groups.values():
-        out.update(zip(positions, write([tensors[i] for i in positions])))
+    for kind, positions in enumerate(groups.values()):
+        out.update(zip(positions, write([tensors[i] for i in positions], kind)))
     return [out[i] for i in range(len(tensors))]
 
 
@@ -160,12 +165,12 @@ def triton_scale_accumulate(per_sample: Tensor, weights: Tensor, block: int = 25
 def triton_noisy_write(summed: Tensor, std: float, denominator: float, seed: int,
                        offset: int = 0, block: int = 1024, in_place: bool = False) -> Tensor:
     """``(summed + std * z) / denominator`` with ``z`` the Philox normals of ``seed`` at
-    positions ``offset, offset + 1, ...``; ``in_place``: over ``summed`` where it is a
-    contiguous float32 tensor."""
+    positions ``offset, offset + 1, ...``, computed in float32, in ``summed``'s dtype;
+    ``in_place``: over ``summed`` where it is a contiguous float32 tensor."""
     import triton
 
     s = summed.float().contiguous()
     out = s if in_place else torch.empty_like(s)
     _triton().noisy[(triton.cdiv(s.numel(), block),)](s, out, s.numel(), float(std),
                                                       1.0 / denominator, seed, offset, BN=block)
-    return out.view_as(summed)
+    return out.view_as(summed).to(summed.dtype)

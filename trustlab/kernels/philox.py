@@ -56,9 +56,10 @@ def native_noisy_write(sums: list[Tensor], std: float, scale: float, key: int,
     (``key``, ``first_stream + k``) for the ``k``-th tensor, in one call (float32 on the CPU;
     see :func:`native_available`): in new tensors, or, with ``in_place``, written over the
     (contiguous) sums themselves."""
-    sums = [s.contiguous() for s in sums]
+    sums = [s if s.is_contiguous() else s.contiguous() for s in sums]
+    summed = native.pointers(sums)
     out = sums if in_place else [torch.empty_like(s) for s in sums]
-    status = _kernel()(len(sums), native.pointers(out), native.pointers(sums),
+    status = _kernel()(len(sums), summed if in_place else native.pointers(out), summed,
                        native.int64s([s.numel() for s in sums]), key, first_stream, std, scale)
     if status != 0:
         raise MemoryError(f"the native noise kernel could not allocate its table of {len(sums)} "

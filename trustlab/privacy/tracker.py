@@ -428,7 +428,7 @@ class GradSampleTracker:
         # a comprehension: no loop variable left holding a layer's records past its sum
         rows = {layer: self.kernels[layer].rows(layer, records)
                 for layer, records in pending.items()}
-        if not rows or None in rows.values():
+        if not rows or None in rows.values() or not native_rows_available(list(rows.values())):
             return False
         automatic = self.clipping == "automatic"
         clipped = native_rows_clip([row for layer, row in rows.items() if layer not in normed],
