@@ -311,6 +311,16 @@ def test_native_sums_equal_torchs_gemm(batch, threads, p, d, parts):
 
 
 @needs_native
+def test_the_sums_of_an_empty_batch_are_zero():
+    torch.manual_seed(0)
+    torch.randn(64, 64).sum()  # leave freed memory behind for the outputs
+    layer = linear_rows.RowLayer(torch.randn(0, 64), torch.randn(0, 64), torch.zeros(64, 64),
+                                 torch.zeros(64))
+    weight, bias = linear_rows.native_rows_sums(layer, torch.rand(0))
+    assert torch.equal(weight, torch.zeros(64, 64)) and torch.equal(bias, torch.zeros(64))
+
+
+@needs_native
 def test_without_sgemm_the_weight_sums_are_left_to_torch(monkeypatch):
     monkeypatch.setattr(linear_rows, "_blas", lambda: None)
     gemms = []

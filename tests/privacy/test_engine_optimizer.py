@@ -69,6 +69,35 @@ def test_noise_is_the_seeded_generators_sequence(native, monkeypatch):
                                    rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "torch"])
+def test_a_step_retried_after_a_failure_draws_new_noise(native, monkeypatch):
+    """The wrapped optimizer raises after the noisy gradients are written; the retry (no new
+    batch, so its gradient is noise alone) must not reuse that noise: with one key the two
+    gradients' difference would be the clipped sum without noise."""
+    monkeypatch.setenv("TRUSTLAB_NATIVE", native)
+    model, opt, _ = _setup(poisson_sampling=False)
+    failures = [RuntimeError("the wrapped step failed")]
+
+    def wrapped_step(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+    monkeypatch.setattr(opt.original_optimizer, "step", wrapped_step)
+    x, y = torch.randn(16, 5), torch.randint(0, 2, (16,))
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    summed = [opt.tracker.summed[p].clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="wrapped step failed"):
+        opt.step()
+    first = [p.grad.clone() for p in model.parameters()]
+    opt.zero_grad()
+    opt.step()  # nothing accumulated: the noise alone
+    second = [p.grad for p in model.parameters()]
+    difference = torch.cat([(a - b).flatten() for a, b in zip(first, second)])
+    difference = difference * opt.expected_batch_size
+    clipped = torch.cat([s.flatten() for s in summed])
+    assert not torch.allclose(difference, clipped, atol=1e-3)
+
+
 def test_average_divides_by_expected_not_realised_batch_size():
     model, opt, loader = _setup(noise_multiplier=0.0, max_grad_norm=1e6, poisson_sampling=False)
     assert opt.expected_batch_size == pytest.approx(16)

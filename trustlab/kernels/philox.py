@@ -7,7 +7,8 @@ AVX2 where the CPU has them), in the pass that writes ``(s + std z) * scale``. T
 64-bit ``key`` and ``stream`` are defined by :func:`philox_normals`, the pure-torch reference
 the kernel is tested against (the layout is described in the C source). Each step has its own
 key (the optimizer's noise key, drawn once from its generator and saved by ``state_dict``, mixed
-with the step number: :func:`~trustlab.kernels.clip.step_key`) and each tensor is its own
+with the count of keys it has given: :func:`~trustlab.kernels.clip.step_key`) and each tensor
+is its own
 stream, so no two tensors or steps share noise.
 """
 

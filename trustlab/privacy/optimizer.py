@@ -43,8 +43,10 @@ class DPOptimizer(torch.optim.Optimizer):
         self.secure_random = secure_random  # secure_mode's noise source, else the generator's
         self.generator: torch.Generator | None = None
         # the Philox key whose per-step keys the noise kernels use: the generator's first draw
-        # (secure mode: none), saved with it
+        # (secure mode: none), saved with it, and how many step keys it has given (counted
+        # apart from the steps: a step that fails after its noise is written still used one)
         self.noise_key: int | None = None
+        self.noise_keys_used = 0
         if secure_random is None:
             self.generator = torch.Generator(device=self._device())
             self.generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
@@ -180,13 +182,17 @@ class DPOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step_noise_key(self) -> int | None:
-        """This step's Philox key, from :attr:`noise_key` and the step count (None in secure
-        mode, whose noise has its own source)."""
+        """A Philox key never used before, from :attr:`noise_key` and the count of keys used,
+        taken before any noise is written (None in secure mode, whose noise has its own
+        source): a step retried after a failure (the wrapped optimizer raising, say) draws new
+        noise, where the same key would have let the two gradients' difference give the
+        clipped sum without noise."""
         if self.generator is None:
             return None
         if self.noise_key is None:  # a state saved before the key was kept
             self.noise_key = draw_key(self.generator, self.generator.device)
-        return step_key(self.noise_key, self.steps)
+        self.noise_keys_used += 1
+        return step_key(self.noise_key, self.noise_keys_used - 1)
 
     def _check_tracked(self, params: list[Tensor]) -> None:
         """Refuse to step trainable parameters no layer records per-sample gradients for:
@@ -270,8 +276,8 @@ class DPOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         """The wrapped optimizer's state and the privacy state (accountant history, steps,
-        samples seen, the noise key and the positions of the noise's and the Poisson masks'
-        generators): a resumed run goes on spending ε and drawing fresh noise and batches
+        samples seen, the noise key with the count of its step keys used, and the positions of
+        the noise's and the Poisson masks' generators): a resumed run goes on spending ε and drawing fresh noise and batches
         instead of replaying them. In secure mode the noise key is not saved
         (``noise_generator`` and ``noise_key`` are None): a resumed run draws a new key.
         Loadable with ``weights_only=True``."""
@@ -285,6 +291,7 @@ class DPOptimizer(torch.optim.Optimizer):
                              "steps": self.steps, "samples_seen": self.samples_seen,
                              "max_grad_norm": self.max_grad_norm,
                              "noise_generator": generator, "noise_key": self.noise_key,
+                             "noise_keys_used": self.noise_keys_used,
                              "sampling_generator": sampling}}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             state = post_hook(self, state) or state
@@ -315,6 +322,7 @@ class DPOptimizer(torch.optim.Optimizer):
         if self.generator is not None:
             self.generator.set_state(generator)
             self.noise_key = privacy.get("noise_key")  # absent (older states): drawn afresh
+            self.noise_keys_used = int(privacy.get("noise_keys_used", 0))
         sampling = privacy.get("sampling_generator")
         if sampling is not None and isinstance(self.sampling, torch.Generator):
             self.sampling.set_state(sampling)

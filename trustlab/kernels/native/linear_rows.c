@@ -97,6 +97,8 @@ int trustlab_linear_rows_sums(int64_t batch, const float *a, int64_t p, const fl
         int before = w && set_threads ? set_threads(1) : 0;
         if (bias)
             for (int j = 0; j < rows; j++) bias[first + j] = 0.0f;
+        if (w && !batch) /* no block below writes it */
+            for (int64_t j = first * p; j < last * p; j++) w[j] = 0.0f;
         for (int64_t i0 = 0; scratch && rows && i0 < batch; i0 += SAMPLE_BLOCK) {
             int k = (int)(batch - i0 < SAMPLE_BLOCK ? batch - i0 : SAMPLE_BLOCK);
             for (int i = 0; i < k; i++) {
