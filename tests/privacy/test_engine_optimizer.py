@@ -71,9 +71,10 @@ def test_noise_is_the_seeded_generators_sequence(native, monkeypatch):
 
 @pytest.mark.parametrize("native", ["1", "0"], ids=["native", "torch"])
 def test_a_step_retried_after_a_failure_draws_new_noise(native, monkeypatch):
-    """The wrapped optimizer raises after the noisy gradients are written; the retry (no new
-    batch, so its gradient is noise alone) must not reuse that noise: with one key the two
-    gradients' difference would be the clipped sum without noise."""
+    """The wrapped optimizer raises after the noisy gradients are written: they are accounted
+    (they are out, in p.grad), and the retry (no new batch, so its gradient is noise alone)
+    must not reuse that noise: with one key the two gradients' difference would be the
+    clipped sum without noise."""
     monkeypatch.setenv("TRUSTLAB_NATIVE", native)
     model, opt, _ = _setup(poisson_sampling=False)
     failures = [RuntimeError("the wrapped step failed")]
@@ -88,6 +89,7 @@ def test_a_step_retried_after_a_failure_draws_new_noise(native, monkeypatch):
     summed = [opt.tracker.summed[p].clone() for p in model.parameters()]
     with pytest.raises(RuntimeError, match="wrapped step failed"):
         opt.step()
+    assert opt.steps == 1 and opt.epsilon(1e-5) > 0  # the noisy gradients are out: accounted
     first = [p.grad.clone() for p in model.parameters()]
     opt.zero_grad()
     opt.step()  # nothing accumulated: the noise alone

@@ -170,13 +170,15 @@ class DPOptimizer(torch.optim.Optimizer):
                                                key=self._step_noise_key())):
             p.grad = grad
         self.tracker.reset()
+        # the noisy gradients are out (in p.grad): accounted before the wrapped step, which
+        # may fail and leave them there
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        self.steps += 1
         self.original_optimizer.step()
         if self.adaptive is not None:
             self.max_grad_norm = self.adaptive.next_bound(
                 self.max_grad_norm, unclipped, samples, self._count_noise(),
                 self.expected_batch_size)
-        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
-        self.steps += 1
         for post_hook in list(self._optimizer_step_post_hooks.values()):
             post_hook(self, (), {})
         return loss
