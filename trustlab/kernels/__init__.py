@@ -4,8 +4,9 @@ One module per layer family registers a :class:`LayerKernel` for its module type
 engine stays generic and looks kernels up with :func:`kernel_for`. Triton runs on CUDA tensors,
 the torch path elsewhere. On the CPU, native C kernels (built by :mod:`trustlab.kernels.native`
 where a compiler exists) draw the step's noise (:mod:`trustlab.kernels.philox`) and clip MLPs'
-one-row Linear layers in one call, and their weight sums through torch's own MKL where it is
-exported (:mod:`trustlab.kernels.linear_rows`). Imports nothing of trustlab.
+one-row Linear layers: their norms as the backward pass records them, then one call per layer
+for its clipped sums, the weight's through torch's own MKL where it is exported
+(:mod:`trustlab.kernels.linear_rows`). Imports nothing of trustlab.
 """
 
 from trustlab.kernels import conv, embedding, linear, norm  # noqa: F401  (registration)

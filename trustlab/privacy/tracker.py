@@ -274,10 +274,9 @@ class GradSampleTracker:
     def _add_norms_now(self, layer: nn.Module, record: Record) -> None:
         """Flat or automatic clipping: add a one-row Linear record's per-sample norms into the
         running pass's buffer while its output gradients are in cache (natively; the flush
-        computes the norms of any record not added here). A layer's second record is not added:
-        the layer is then not one row per sample, and the flush takes its torch path."""
-        if len(self.records[layer]) != 1:
-            return
+        computes the norms of any record not added here). A layer's second record is not added
+        (``rows`` is None for two records): the layer is then not one row per sample, and the
+        flush takes its torch path."""
         row = self.kernels[layer].rows(layer, self.records[layer])
         if row is None or not native_rows_available([row]):
             return
